@@ -1,0 +1,201 @@
+"""Finding, fetching and safely reading checkpoint files, and mapping their keys onto timm models.
+
+Resolution order for a zoo entry: an explicit path; ``DCLSVIZ_CHECKPOINT_DIR`` (or the CLI's
+``--checkpoint-dir``) holding the published file name; our cache; torch.hub's cache, where the
+paper's own code leaves the files; and only then a download from the paper's URLs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping, Optional
+
+import torch
+from torch import nn
+
+from .download import DownloadError, Progress, cache_root, fetch, sha256_file
+from .zoo import ModelEntry
+
+# What the timm train.py containers pickle besides tensors. Nothing else is ever unpickled.
+SAFE_GLOBALS = [argparse.Namespace, pathlib.PosixPath]
+FETCH_TIMEOUT = (5.0, 60.0)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is unavailable or does not fit its model; the message says what to do."""
+
+
+class CheckpointUnavailable(CheckpointError):
+    pass
+
+
+class CheckpointMismatch(CheckpointError):
+    pass
+
+
+@dataclass(frozen=True)
+class ResolvedCheckpoint:
+    path: Path
+    origin: str  # "explicit", "checkpoint-dir", "cache", "torch-hub", "downloaded"
+    sha256: str
+
+
+def checkpoint_dir_from_env() -> Optional[Path]:
+    value = os.environ.get("DCLSVIZ_CHECKPOINT_DIR")
+    return Path(value).expanduser() if value else None
+
+
+def cache_dir() -> Path:
+    return cache_root() / "checkpoints"
+
+
+def _torch_hub_path(entry: ModelEntry) -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / entry.checkpoint.file_name
+
+
+def local_candidates(entry: ModelEntry, checkpoint_dir: Optional[Path] = None) -> list[tuple[str, Path]]:
+    name = entry.checkpoint.file_name
+    found = []
+    for origin, folder in (("checkpoint-dir", checkpoint_dir or checkpoint_dir_from_env()),
+                           ("cache", cache_dir())):
+        if folder is not None:
+            found.append((origin, Path(folder) / name))
+    found.append(("torch-hub", _torch_hub_path(entry)))
+    return found
+
+
+def find_local(entry: ModelEntry, checkpoint_dir: Optional[Path] = None) -> Optional[tuple[str, Path]]:
+    for origin, path in local_candidates(entry, checkpoint_dir):
+        if path.is_file():
+            return origin, path
+    return None
+
+
+def how_to_get(entry: ModelEntry) -> str:
+    urls = ", ".join(u for u in entry.checkpoint.urls)
+    return (f"{entry.id} needs {entry.checkpoint.file_name}: download it from {urls} and put it in "
+            f"{cache_dir()} or in a folder named by --checkpoint-dir / DCLSVIZ_CHECKPOINT_DIR, "
+            f"or pass --checkpoint PATH.")
+
+
+def _fetch_from(url: str, dest: Path, progress: Optional[Progress], timeout) -> Path:
+    if url.startswith("hf-hub:"):
+        from huggingface_hub import hf_hub_download
+
+        repo = url[len("hf-hub:"):]
+        try:
+            return Path(hf_hub_download(repo, "model.safetensors", etag_timeout=timeout[0]))
+        except Exception as e:  # huggingface_hub raises many types, all meaning "not available"
+            raise DownloadError(f"{url}: {type(e).__name__}: {e}") from e
+    return fetch(url, dest, progress=progress, timeout=timeout)
+
+
+def resolve(entry: ModelEntry, path: Optional[Path] = None, *, checkpoint_dir: Optional[Path] = None,
+            download: bool = True, progress: Optional[Progress] = None,
+            timeout=FETCH_TIMEOUT) -> ResolvedCheckpoint:
+    """Find (or fetch) the checkpoint file for ``entry``."""
+    if path is not None:
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise CheckpointUnavailable(f"checkpoint file not found: {path}")
+        return ResolvedCheckpoint(path, "explicit", sha256_file(path))
+    local = find_local(entry, checkpoint_dir)
+    if local is not None:
+        origin, p = local
+        return ResolvedCheckpoint(p, origin, sha256_file(p))
+    if not download:
+        raise CheckpointUnavailable(f"not cached. {how_to_get(entry)}")
+    errors = []
+    for url in entry.checkpoint.urls:
+        try:
+            p = _fetch_from(url, cache_dir() / entry.checkpoint.file_name, progress, timeout)
+            return ResolvedCheckpoint(p, "downloaded", sha256_file(p))
+        except DownloadError as e:
+            errors.append(str(e))
+    raise CheckpointUnavailable(f"download failed ({'; '.join(errors)}). {how_to_get(entry)}")
+
+
+def read_file(path: Path) -> object:
+    """Read a checkpoint without executing pickled code: safetensors, or torch's weights_only loader."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        head = f.read(9)
+    # safetensors: an 8-byte header length, then the JSON header
+    if path.suffix == ".safetensors" or head[8:9] == b"{":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as e:
+            if path.suffix == ".safetensors":
+                raise CheckpointMismatch(f"{path}: not a readable safetensors file ({e})") from e
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointMismatch(
+            f"{path}: cannot be read as a checkpoint without running pickled code "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+
+
+def unwrap(obj: object, entry: ModelEntry) -> Mapping[str, torch.Tensor]:
+    """Pick the state dict out of the file's container (e.g. ``state_dict_ema``, never its decoy)."""
+    key = entry.checkpoint.container_key
+    if key is not None:
+        if not isinstance(obj, Mapping) or key not in obj:
+            have = ", ".join(map(str, obj.keys())) if isinstance(obj, Mapping) else type(obj).__name__
+            raise CheckpointMismatch(f"{entry.id}: the file has no {key!r} entry (it holds: {have[:300]}); "
+                                     f"is it the right checkpoint?")
+        obj = obj[key]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointMismatch(f"{entry.id}: the file does not hold a state dict where expected")
+    return obj
+
+
+def _timm_filter(module_name: str) -> Callable:
+    def apply(sd, model):
+        import importlib
+
+        return importlib.import_module(f"timm.models.{module_name}").checkpoint_filter_fn(dict(sd), model)
+
+    return apply
+
+
+# family -> original key names to timm's (timm's own filters; the DCLS keys follow their layer's rename)
+KEY_FILTERS: dict[str, Callable[[Mapping[str, torch.Tensor], nn.Module], Mapping[str, torch.Tensor]]] = {
+    "convnext": _timm_filter("convnext"),
+    "metaformer": _timm_filter("metaformer"),
+    "fastvit": _timm_filter("fastvit"),
+    "resnet": lambda sd, model: sd,
+    "demo": lambda sd, model: sd,
+}
+
+
+def map_keys(sd: Mapping[str, torch.Tensor], entry: ModelEntry, model: nn.Module) -> Mapping[str, torch.Tensor]:
+    try:
+        return KEY_FILTERS[entry.family](sd, model)
+    except KeyError as e:
+        raise CheckpointMismatch(f"{entry.id}: unexpected key {e} in the checkpoint; is it the right file?") from e
+
+
+def load_into(model: nn.Module, sd: Mapping[str, torch.Tensor], entry: ModelEntry) -> None:
+    """Strict load, with an error that names what is missing, unexpected or misshapen."""
+    mapped = map_keys(sd, entry, model)
+    own = model.state_dict()
+    missing = [k for k in own if k not in mapped]
+    unexpected = [k for k in mapped if k not in own]
+    misshapen = [f"{k} {tuple(mapped[k].shape)} vs {tuple(own[k].shape)}" for k in own
+                 if k in mapped and tuple(mapped[k].shape) != tuple(own[k].shape)]
+    # torch fills num_batches_tracked itself for files saved without _metadata
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    if missing or unexpected or misshapen:
+        def show(xs):
+            return f"{len(xs)} ({', '.join(xs[:5])}{', ...' if len(xs) > 5 else ''})"
+        raise CheckpointMismatch(
+            f"the checkpoint does not fit {entry.id}: missing {show(missing)}, unexpected {show(unexpected)}, "
+            f"wrong shape {show(misshapen)}. Is it the {entry.variant} checkpoint of {entry.arch}?")
+    model.load_state_dict(mapped, strict=True)
