@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .download import DownloadError, Progress, cache_root, fetch, sha256_file
-from .zoo import ModelEntry
+from .zoo import ASSETS, ModelEntry
 
 # What the timm train.py containers pickle besides tensors. Nothing else is ever unpickled.
 SAFE_GLOBALS = [argparse.Namespace, pathlib.PosixPath]
@@ -103,6 +103,12 @@ def resolve(entry: ModelEntry, path: Optional[Path] = None, *, checkpoint_dir: O
         if not path.is_file():
             raise CheckpointUnavailable(f"checkpoint file not found: {path}")
         return ResolvedCheckpoint(path, "explicit", sha256_file(path))
+    if entry.checkpoint.bundled:
+        p = ASSETS / entry.checkpoint.bundled
+        if not p.is_file():
+            raise CheckpointUnavailable(f"{entry.id}: the bundled file {p} is missing; "
+                                        f"`python -m dclsviz demo train` recreates it")
+        return ResolvedCheckpoint(p, "bundled", sha256_file(p))
     local = find_local(entry, checkpoint_dir)
     if local is not None:
         origin, p = local

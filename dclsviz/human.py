@@ -39,7 +39,11 @@ def decode_jpeg(data: bytes, gray: bool) -> np.ndarray:
         raise ValueError("cannot decode an empty byte string as JPEG")
     try:
         out = simplejpeg.decode_jpeg(
-            bytes(data), colorspace="gray" if gray else "rgb", fastdct=True, fastupsample=False, strict=True
+            bytes(data),
+            colorspace="gray" if gray else "rgb",
+            fastdct=True,
+            fastupsample=False,
+            strict=True,  # a truncated JPEG is an error, as in TF with try_recover_truncated=False
         )
     except Exception as e:  # simplejpeg raises ValueError or its own errors depending on the damage
         raise ValueError(f"not a decodable JPEG ({len(data)} bytes): {e}") from e

@@ -32,9 +32,9 @@ def _stack_and_flatten(model_maps, human_map) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"expected a stack of model maps (N, ...), got shape {ms.shape}")
     if h.size == 0:
         raise ValueError("the human map is empty")
-    if ms[0].size != h.size:
+    if int(np.prod(ms.shape[1:])) != h.size:
         raise ValueError(f"the maps differ in size: model {ms.shape[1:]} vs human {h.shape}")
-    return ms.reshape(ms.shape[0], -1), h.ravel()
+    return ms.reshape(ms.shape[0], h.size), h.ravel()
 
 
 def _centred_ranks(flat32: np.ndarray) -> Optional[np.ndarray]:

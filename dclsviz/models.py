@@ -124,3 +124,26 @@ class PairCache:
     def keys(self) -> list[tuple]:
         with self._lock:
             return list(self._pairs)
+
+
+_PAIRS = PairCache(capacity=2)
+
+
+def load_pair(arch: str, *, checkpoint_dir: Optional[Path] = None, device: Optional[torch.device] = None,
+              download: bool = True, progress: Optional[Callable[[str, int, Optional[int]], None]] = None,
+              cache: Optional[PairCache] = None) -> dict[str, LoadedModel]:
+    """The baseline and DCLS models of ``arch``, from the LRU when already loaded.
+
+    ``progress(variant, done_bytes, total_bytes)`` reports downloads.
+    """
+    from .zoo import VARIANTS, get
+
+    device = torch.device(device) if device is not None else default_device()
+
+    def loader():
+        return tuple(load(get(arch, v), checkpoint_dir=checkpoint_dir, device=device, download=download,
+                          progress=(lambda d, t, v=v: progress(v, d, t)) if progress else None)
+                     for v in VARIANTS)
+
+    key = (arch, str(device), str(checkpoint_dir) if checkpoint_dir else None)
+    return dict(zip(VARIANTS, (cache or _PAIRS).get(key, loader)))

@@ -9,6 +9,7 @@ a model name.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -51,6 +52,7 @@ class CheckpointSource:
     container_key: Optional[str]
     naming: str
     sha256: Optional[str] = None
+    bundled: Optional[str] = None  # a file shipped in assets/ (the demo pair), relative to assets/
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,8 @@ class ModelEntry:
     def input_size(self) -> int:
         return self.transform.crop
 
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
 ZENODO_CONVNEXT = "https://zenodo.org/record/7112021/files/"
 ZENODO_STUDY = "https://zenodo.org/records/8370737/files/"

@@ -1,0 +1,118 @@
+"""CAM cost vs the inference floor, vs pytorch-grad-cam, and live vs frozen DCLS — measured in one run.
+
+    python benchmarks/bench_cam.py [--arch convnext_tiny] [--repeats 5] [--device cpu]
+
+Random weights (no download): speed does not depend on the values.
+  floor        one inference forward of both models under torch.no_grad()
+  ours         the full pair comparison: both models, both CAMs, Spearman against a human map
+  grad-cam     the same four maps with the pytorch-grad-cam package (one call per map)
+  live DCLS    one Grad-CAM pass through the DCLS model with its live Dcls2d layers (kernel rebuilt each forward)
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from dclsviz import models, zoo  # noqa: E402
+from dclsviz.cam import CamEngine, combine  # noqa: E402
+from dclsviz.compare import Sample, compare  # noqa: E402
+
+
+def timed(fn, repeats: int) -> float:
+    fn()  # warm-up: allocator, oneDNN primitive caches
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--arch", default="convnext_tiny")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--device", default="cpu")
+    a = p.parse_args(argv)
+    torch.manual_seed(0)
+    device = torch.device(a.device)
+
+    live = {v: models.build(zoo.get(a.arch, v)) for v in zoo.VARIANTS}
+    pair = {v: models.load(zoo.get(a.arch, v), state_dict=live[v].state_dict(), device=device)
+            for v in zoo.VARIANTS}
+    side = pair["baseline"].entry.transform.crop
+    rng = np.random.default_rng(0)
+    image = (rng.random((side, side, 3)) * 255).astype(np.uint8)
+    human = rng.random((64, 64)).astype(np.float32)
+    sample = Sample.from_image(image, human)
+    from dclsviz import geometry
+
+    x = geometry.preprocess(image, pair["baseline"].entry.transform)[0][None].to(device)
+
+    def floor():
+        with torch.no_grad():
+            for m in pair.values():
+                xi = x.contiguous(memory_format=torch.channels_last) if m.channels_last else x
+                m.model(xi)
+
+    def ours():
+        compare(pair, sample, target="pred")
+
+    t_floor = timed(floor, a.repeats)
+    t_ours = timed(ours, a.repeats)
+
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    class ThresholdGradCAM(GradCAM):
+        # the package's base class sums weighted channels; the study's threshold variant differs only here
+        def get_cam_image(self, input_tensor, target_layer, targets, activations, grads, eigen_smooth):
+            _, t = combine(torch.from_numpy(activations), torch.from_numpy(grads), 0.3)
+            return t.numpy()
+
+    # the package needs trainable parameters to backpropagate through its forward
+    gc_models = {v: models.load(zoo.get(a.arch, v), state_dict=live[v].state_dict(), device=device)
+                 for v in zoo.VARIANTS}
+    for m in gc_models.values():
+        m.model.requires_grad_(True)
+
+    def gradcam_package():
+        for m in gc_models.values():
+            layer = [m.cam_module]
+            for cls in (GradCAM, ThresholdGradCAM):
+                with cls(model=m.model, target_layers=layer) as cam:
+                    cam(input_tensor=x, targets=[ClassifierOutputTarget(1)])
+
+    t_pkg = timed(gradcam_package, a.repeats)
+
+    live_dcls = live["dcls"].to(device).eval()
+    live_dcls.requires_grad_(False)
+    live_loaded = models.LoadedModel(pair["dcls"].entry, live_dcls, device, None, channels_last=False)
+    frozen_engine, live_engine = CamEngine(pair["dcls"]), CamEngine(live_loaded)
+    t_frozen = timed(lambda: frozen_engine.explain(x, None), a.repeats)
+    t_live = timed(lambda: live_engine.explain(x, None), max(1, a.repeats // 2))
+
+    print(f"{a.arch} pair, {side}x{side}, device {device}, torch threads {torch.get_num_threads()}, "
+          f"median of {a.repeats}")
+    print(f"  floor: inference forward of both models (no_grad)  {t_floor * 1e3:8.1f} ms")
+    print(f"  ours: full pair comparison (4 maps + Spearman)      {t_ours * 1e3:8.1f} ms")
+    print(f"  ratio ours / floor                                  {t_ours / t_floor:8.2f}   (target <= 1.2)")
+    print(f"  pytorch-grad-cam, the same 4 maps                   {t_pkg * 1e3:8.1f} ms")
+    print(f"  speed-up over pytorch-grad-cam                      {t_pkg / t_ours:8.2f}x  (target >= 4)")
+    print(f"  DCLS model, one CAM pass: frozen                    {t_frozen * 1e3:8.1f} ms")
+    print(f"  DCLS model, one CAM pass: live Dcls2d               {t_live * 1e3:8.1f} ms")
+    print(f"  live / frozen                                       {t_live / t_frozen:8.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

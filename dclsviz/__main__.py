@@ -1,0 +1,169 @@
+"""Command line: ``python -m dclsviz {explain,models,demo,...}``. Argument parsing only; the work is in the core."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+
+def _progress_bar(desc: str):
+    from tqdm import tqdm
+
+    bar = {}
+
+    def update(done: int, total: Optional[int]) -> None:
+        if "b" not in bar:
+            bar["b"] = tqdm(total=total, unit="B", unit_scale=True, desc=desc, file=sys.stderr)
+        bar["b"].update(done - bar["b"].n)
+
+    return update
+
+
+def _parse_target(value: str):
+    if value in ("pred", "label"):
+        return value
+    return value if not value.lstrip("-").isdigit() else int(value)
+
+
+def cmd_explain(args) -> int:
+    import torch
+
+    from . import checkpoints, clickme, images, zoo
+    from .compare import MAPS, Sample, explain_batch
+    from .labels import class_index
+    from .models import load
+
+    entry = zoo.get(args.arch, args.variant)
+    sources = [bool(args.image), bool(args.clickme), args.input_tensor is not None]
+    if sum(sources) != 1:
+        raise SystemExit("give exactly one input: IMAGE, --clickme SHARD:INDEX or --input-tensor X.npy")
+    human_raw = images.load_map(args.human) if args.human else None
+    if args.clickme:
+        sample = Sample.from_clickme(clickme.read_record(args.clickme))
+        if human_raw is not None:
+            sample.human = Sample.from_image(sample.image, human_raw).human
+    elif args.input_tensor is not None:
+        x = np.load(args.input_tensor)
+        if x.ndim == 4 and x.shape[0] == 1:
+            x = x[0]
+        if x.ndim != 3 or x.shape[0] != 3:
+            raise SystemExit(f"--input-tensor must hold a normalised (1,3,H,W) or (3,H,W) array, not {x.shape}")
+        side = x.shape[1]
+        sample = Sample(np.zeros((side, side, 3), np.uint8), name=str(args.input_tensor),
+                        input_tensor=torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+        if human_raw is not None:
+            sample.human = Sample.from_image(sample.image, human_raw).human
+    else:
+        sample = Sample.from_image(images.load_image(args.image), human_raw, name=str(args.image))
+    target = args.target
+    if isinstance(target, str) and target not in ("pred", "label"):
+        target = class_index(target, entry.class_names)
+    try:
+        loaded = load(entry, args.checkpoint, checkpoint_dir=args.checkpoint_dir, device=args.device,
+                      progress=_progress_bar(entry.checkpoint.file_name))
+    except checkpoints.CheckpointError as e:
+        offer = "" if args.arch == "demo" else " Offline? The bundled demo pair works anywhere: --arch demo."
+        raise SystemExit(f"error: {e}{offer}")
+    out = explain_batch(loaded, [sample], target, args.threshold, args.geometry)[0]
+    args.out.mkdir(parents=True, exist_ok=True)
+    np.save(args.out / "logits.npy", out.logits.astype(np.float32))
+    for m in MAPS:
+        np.save(args.out / f"{m}.npy", out.maps[m].astype(np.float32))
+        np.save(args.out / f"{m}_lowres.npy", out.lowres[m].astype(np.float32))
+    if out.human is not None:
+        np.save(args.out / "human.npy", out.human.astype(np.float32))
+    from .compare import versions
+    from .labels import class_names_for
+
+    names = class_names_for(entry)
+    result = {"arch": entry.arch, "variant": entry.variant, "checkpoint_sha256": out.provenance["checkpoint_sha256"],
+              "checkpoint": out.provenance["checkpoint_path"], "input": sample.name, "image_sha256": sample.sha256,
+              "label": sample.label, "target": out.target, "target_name": names[out.target],
+              "top5": [[c, p] for c, p in out.top5], "top5_names": [names[c] for c, _ in out.top5],
+              "threshold": args.threshold, "geometry": args.geometry, "has_human_map": out.human is not None,
+              "spearman": {m: out.scores[m]["spearman"] for m in MAPS},
+              "ceiling_normalised": {m: out.scores[m]["ceiling"] for m in MAPS},
+              "dice": {m: out.scores[m]["dice"] for m in MAPS}, "iou": {m: out.scores[m]["iou"] for m in MAPS},
+              "device": out.provenance["device"], "seconds": out.seconds, "versions": versions()}
+    (args.out / "result.json").write_text(json.dumps(result, indent=1))
+    rho = ", ".join(f"{m} {v:+.4f}" if v is not None else f"{m} undefined" for m, v in result["spearman"].items())
+    print(f"{entry.id}: target {out.target} ({names[out.target]}); top-1 {names[out.top5[0][0]]} "
+          f"{out.top5[0][1]:.3f}; Spearman: {rho if out.human is not None else 'no human map'}; wrote {args.out}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from . import checkpoints, zoo
+
+    for e in zoo.entries():
+        if e.checkpoint.bundled:
+            where = f"bundled assets/{e.checkpoint.bundled}"
+        else:
+            local = checkpoints.find_local(e, args.checkpoint_dir)
+            where = f"cached ({local[0]}: {local[1]})" if local else "not cached"
+        src = e.checkpoint.urls[0] if e.checkpoint.urls else "-"
+        print(f"{e.id:26s} {e.timm_name:15s} {where}\n{'':26s} source: {src}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import train
+
+    return train.main(args.rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .cam import DEFAULT_THRESHOLD
+    from .geometry import GEOMETRIES
+    from .zoo import VARIANTS
+
+    p = argparse.ArgumentParser(prog="python -m dclsviz", description=__doc__.split(".")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    e = sub.add_parser("explain", help="Grad-CAM and Threshold-Grad-CAM of one model for one image")
+    e.add_argument("image", nargs="?", type=Path, help="an image file (or use --clickme / --input-tensor)")
+    e.add_argument("--clickme", metavar="SHARD:INDEX", help="a record of a ClickMe-format shard")
+    e.add_argument("--input-tensor", type=Path, help="an already-normalised NCHW float32 .npy (no preprocessing)")
+    e.add_argument("--arch", required=True)
+    e.add_argument("--variant", choices=VARIANTS, default="dcls")
+    e.add_argument("--checkpoint", type=Path, help="a checkpoint file to use instead of the zoo's")
+    e.add_argument("--checkpoint-dir", type=Path, help="a folder holding the published checkpoint files")
+    e.add_argument("--target", type=_parse_target, default="label",
+                   help="class to explain: an index, a class name, 'pred' (top-1) or 'label' (default: the "
+                        "record's label when known, else the prediction)")
+    e.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
+    e.add_argument("--geometry", choices=GEOMETRIES, default="paper")
+    e.add_argument("--human", type=Path, help="a human attention map (image file or .npy) over the image")
+    e.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
+    e.add_argument("--out", type=Path, required=True)
+    e.set_defaults(func=cmd_explain)
+
+    m = sub.add_parser("models", help="list the zoo: the 16 study checkpoints and the demo pair")
+    m.add_argument("--checkpoint-dir", type=Path)
+    m.set_defaults(func=cmd_models)
+
+    d = sub.add_parser("demo", help="the offline demo pair: `demo train` regenerates it")
+    d.add_argument("rest", nargs=argparse.REMAINDER)
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from .images import ImageError
+
+    try:
+        return args.func(args)
+    except (ImageError, KeyError, ValueError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

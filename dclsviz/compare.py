@@ -1,0 +1,176 @@
+"""The one data path: Sample × models → maps in the comparison frame → scores.
+
+The CLI, the app, dataset evaluation and review sessions all come through ``explain_batch`` /
+``compare``; nothing else preprocesses images, computes CAMs or scores them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from . import geometry, human, labels, metrics
+from .cam import DEFAULT_THRESHOLD, CamEngine
+from .models import LoadedModel
+
+MAPS = ("gradcam", "threshold_gradcam")
+MAP_TITLES = {"gradcam": "Grad-CAM", "threshold_gradcam": "Threshold-Grad-CAM"}
+
+# "label": the sample's ground truth when it has one, else the prediction; "pred"; or a class index
+TargetSpec = Union[str, int]
+
+
+@dataclass
+class Sample:
+    """One image to explain, in the image frame."""
+
+    image: np.ndarray  # RGB uint8 (H, W, 3)
+    human: Optional[np.ndarray] = None  # human map over the whole image, (224, 224) float32
+    label: Optional[int] = None
+    name: str = ""
+    input_tensor: Optional[torch.Tensor] = None  # already-normalised (3, H, W): skips preprocessing
+
+    @classmethod
+    def from_clickme(cls, record) -> "Sample":
+        return cls(record.image_u8(), record.human_map(), int(record.label), f"{record.shard}:{record.index}")
+
+    @classmethod
+    def from_image(cls, image: np.ndarray, human_raw: Optional[np.ndarray] = None, label: Optional[int] = None,
+                   name: str = "") -> "Sample":
+        """``human_raw``: a user's map of any size over the image; it goes through the ClickMe pipeline."""
+        return cls(image, None if human_raw is None else human.human_map(human_raw), label, name)
+
+    @property
+    def sha256(self) -> str:
+        h = hashlib.sha256()
+        src = self.input_tensor.numpy() if self.input_tensor is not None else self.image
+        h.update(np.ascontiguousarray(src).tobytes())
+        return h.hexdigest()
+
+
+@dataclass
+class ModelOutput:
+    """What one model says about one sample, in the comparison frame."""
+
+    provenance: dict
+    target: int
+    top5: list[tuple[int, float]]
+    logits: np.ndarray
+    maps: dict[str, np.ndarray]  # name -> (224, 224)
+    lowres: dict[str, np.ndarray]
+    human: Optional[np.ndarray]  # the human map in this model's comparison frame
+    window: geometry.Window
+    scores: dict[str, dict] = field(default_factory=dict)  # map -> spearman, ceiling, dice, iou
+    seconds: float = 0.0
+
+
+def resolve_target(spec: TargetSpec, sample: Sample) -> Optional[int]:
+    """None means "the model's own top-1"."""
+    if spec == "label":
+        return sample.label
+    if spec == "pred" or spec is None:
+        return None
+    return int(spec)
+
+
+def score_maps(maps: dict[str, np.ndarray], human_map: Optional[np.ndarray]) -> dict[str, dict]:
+    if human_map is None:
+        return {k: {"spearman": None, "ceiling": None, "dice": None, "iou": None} for k in maps}
+    names = list(maps)
+    rhos = metrics.spearman_many(np.stack([maps[k] for k in names]), human_map)
+    overlaps = metrics.dice_iou_many(np.stack([maps[k] for k in names]), human_map)
+    return {k: {"spearman": r, "ceiling": metrics.ceiling_normalised(r), "dice": d, "iou": i}
+            for k, r, (d, i) in zip(names, rhos, overlaps)}
+
+
+def explain_batch(loaded: LoadedModel, samples: Sequence[Sample], target: TargetSpec = "label",
+                  threshold: float = DEFAULT_THRESHOLD, geometry_name: str = "paper",
+                  engine: Optional[CamEngine] = None) -> list[ModelOutput]:
+    """Preprocess, one forward + backward for the whole batch, frame the maps, score them."""
+    start = time.perf_counter()
+    t = loaded.entry.transform
+    xs, windows = [], []
+    for s in samples:
+        if s.input_tensor is not None:
+            x, w = s.input_tensor, geometry.Window(0.0, 0.0, 1.0, 1.0)
+        else:
+            x, w = geometry.preprocess(s.image, t)
+        xs.append(x)
+        windows.append(w)
+    result = (engine or CamEngine(loaded)).explain(torch.stack(xs), [resolve_target(target, s) for s in samples],
+                                                   threshold)
+    per_image = (time.perf_counter() - start) / len(samples)
+    outputs = []
+    for i, (s, w) in enumerate(zip(samples, windows)):
+        maps = {"gradcam": result.gradcam[i], "threshold_gradcam": result.threshold_gradcam[i]}
+        hmap = None if s.human is None else geometry.to_frame(s.human, w, geometry_name)
+        outputs.append(ModelOutput(loaded.provenance(), int(result.targets[i]), result.top5(i), result.logits[i],
+                                   maps, {"gradcam": result.gradcam_lowres[i],
+                                          "threshold_gradcam": result.threshold_lowres[i]},
+                                   hmap, w, score_maps(maps, hmap), per_image))
+    return outputs
+
+
+@dataclass
+class Comparison:
+    sample: Sample
+    geometry: str
+    threshold: float
+    target_spec: TargetSpec
+    outputs: dict[str, ModelOutput]  # variant -> output
+    seconds: float
+
+    @property
+    def human(self) -> Optional[np.ndarray]:
+        return next(iter(self.outputs.values())).human
+
+    def frame_image(self) -> np.ndarray:
+        """The image as the comparison frame shows it (224×224 RGB), for overlays."""
+        return geometry.image_in_frame(self.sample.image, next(iter(self.outputs.values())).window, self.geometry)
+
+    def delta(self, map_name: str) -> Optional[float]:
+        b = self.outputs["baseline"].scores[map_name]["spearman"]
+        d = self.outputs["dcls"].scores[map_name]["spearman"]
+        return None if b is None or d is None else d - b
+
+    def manifest(self, class_names: Optional[Sequence[str]] = None) -> dict:
+        names = class_names or labels.imagenet_classes()
+
+        def out(o: ModelOutput) -> dict:
+            return {**o.provenance, "target": o.target, "target_name": names[o.target],
+                    "top5": [[c, p, names[c]] for c, p in o.top5], "scores": o.scores,
+                    "seconds": round(o.seconds, 4)}
+
+        return {"image_sha256": self.sample.sha256, "sample": self.sample.name, "label": self.sample.label,
+                "geometry": self.geometry, "threshold": self.threshold, "target": self.target_spec,
+                "has_human_map": self.human is not None,
+                "models": {v: out(o) for v, o in self.outputs.items()},
+                "delta_spearman": {m: self.delta(m) for m in MAPS} if {"baseline", "dcls"} <= set(self.outputs)
+                else None,
+                "seconds": round(self.seconds, 4), "versions": versions()}
+
+
+def compare(pair: dict[str, LoadedModel], sample: Sample, target: TargetSpec = "label",
+            threshold: float = DEFAULT_THRESHOLD, geometry_name: str = "paper") -> Comparison:
+    start = time.perf_counter()
+    outputs = {v: explain_batch(m, [sample], target, threshold, geometry_name)[0] for v, m in pair.items()}
+    return Comparison(sample, geometry_name, threshold, target, outputs, time.perf_counter() - start)
+
+
+def versions() -> dict:
+    import timm
+
+    import dclsviz
+
+    try:
+        from importlib.metadata import version
+        dcls_version = version("dcls")
+    except Exception:
+        dcls_version = None
+    return {"dclsviz": dclsviz.__version__, "torch": torch.__version__, "timm": timm.__version__,
+            "dcls": dcls_version, "numpy": np.__version__}

@@ -1,0 +1,151 @@
+"""Spearman, Dice/IoU and the dataset score against the reference values of the ClickMe conformance kit."""
+
+import json
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.stats
+
+from dclsviz import metrics
+from dclsviz.clickme import ClickMeShard
+
+
+@pytest.fixture(scope="module")
+def gm(kit: Path):
+    with np.load(kit / "clickme" / "golden_metric.npz") as g:
+        return {k: g[k] for k in g.files}
+
+
+@pytest.fixture(scope="module")
+def cases(kit: Path):
+    return json.loads((kit / "clickme" / "golden_metric_cases.json").read_text())
+
+
+def _model_map(gm, i):
+    # Case 15 is stored in float64 too: feeding it uncast checks that the metric does the float32 cast.
+    return gm["model_map_f64_case15"] if str(gm["names"][i]).startswith("float64") else gm["model_maps_f32"][i]
+
+
+@pytest.fixture(autouse=True)
+def _no_warnings():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        yield
+
+
+def test_spearman_matches_reference(gm):
+    worst = 0.0
+    for i, ref in enumerate(gm["spearman"]):
+        rho = metrics.spearman(_model_map(gm, i), gm["human_maps"][i])
+        if np.isnan(ref):
+            assert rho is None, gm["names"][i]
+        else:
+            assert isinstance(rho, float)
+            worst = max(worst, abs(rho - ref))
+    assert worst <= 1e-12
+
+
+def test_float32_cast_matters_for_near_ties(gm):
+    i = next(k for k, n in enumerate(gm["names"]) if str(n).startswith("float64"))
+    uncast, _ = scipy.stats.spearmanr(gm["model_map_f64_case15"].ravel(), gm["human_maps"][i].ravel())
+    assert abs(uncast - gm["spearman"][i]) > 1e-5
+    assert abs(metrics.spearman(gm["model_map_f64_case15"], gm["human_maps"][i]) - gm["spearman"][i]) <= 1e-12
+
+
+def test_dice_iou_match_reference(gm):
+    for i in range(len(gm["names"])):
+        d, u = metrics.dice_iou(_model_map(gm, i), gm["human_maps"][i])
+        assert abs(d - gm["dice"][i]) <= 1e-12, gm["names"][i]
+        assert abs(u - gm["iou"][i]) <= 1e-12, gm["names"][i]
+
+
+def test_batched_versions_equal_single(gm):
+    human = gm["human_maps"][0]
+    many = metrics.spearman_many(gm["model_maps_f32"], human)
+    for m, rho in zip(gm["model_maps_f32"], many):
+        single = metrics.spearman(m, human)
+        assert (rho is None and single is None) or abs(rho - single) <= 1e-15
+    for m, di in zip(gm["model_maps_f32"], metrics.dice_iou_many(gm["model_maps_f32"], human)):
+        assert di == metrics.dice_iou(m, human)
+    assert metrics.spearman_many(gm["model_maps_f32"][:4], np.zeros((224, 224))) == [None] * 4
+    assert metrics.spearman_many(np.zeros((0, 224, 224)), human) == []
+
+
+def test_spearman_with_our_human_map_from_the_shard(kit, gm, tmp_path, monkeypatch):
+    monkeypatch.setenv("DCLSVIZ_CACHE", str(tmp_path))
+    shard = ClickMeShard(kit / "clickme" / "sample_val.tfrecords")
+    ours = {}
+    worst = 0.0
+    for i, name in enumerate(gm["names"]):
+        k = int(re.search(r"_rec(\d+)$", str(name)).group(1))
+        if k not in ours:
+            ours[k] = shard[k].human_map()
+        rho = metrics.spearman(_model_map(gm, i), ours[k])
+        if np.isnan(gm["spearman"][i]):
+            assert rho is None, name
+        else:
+            worst = max(worst, abs(rho - gm["spearman"][i]))
+    assert worst <= 1e-6
+
+
+def test_dataset_score_over_finite_cases(gm, cases):
+    rhos = [metrics.spearman(_model_map(gm, i), gm["human_maps"][i]) for i in range(len(gm["names"]))]
+    s = metrics.summarise(rhos)
+    assert s["n"] == 16 and s["n_undefined"] == 5 and s["n_defined"] == len(cases["summary"]["finite_case_names"])
+    expected = cases["summary"]["alignment_score_finite_cases"]
+    assert expected == pytest.approx(0.0015485297710129244, abs=0)
+    assert abs(s["ceiling_normalised"] - expected) <= 1e-12
+    assert abs(s["mean"] / metrics.HUMAN_CEILING - expected) <= 1e-12
+
+
+def test_summarise_edge_cases():
+    assert metrics.summarise([]) == {
+        "n": 0, "n_defined": 0, "n_undefined": 0, "mean": None, "ceiling_normalised": None
+    }
+    s = metrics.summarise([None, float("nan"), 0.5, 0.25])
+    assert (s["n"], s["n_defined"], s["n_undefined"]) == (4, 2, 2)
+    assert s["mean"] == 0.375 and s["ceiling_normalised"] == 0.375 / 0.65753
+
+
+def test_ceiling_normalised():
+    assert metrics.HUMAN_CEILING == 0.65753
+    assert metrics.ceiling_normalised(None) is None
+    assert metrics.ceiling_normalised(0.65753) == 1.0
+
+
+def test_spearman_agrees_with_scipy_on_random_maps_with_ties():
+    rng = np.random.default_rng(11)
+    for _ in range(5):
+        a = np.round(rng.normal(size=(50, 40)), 1).astype(np.float32)  # many ties
+        b = np.maximum(rng.normal(size=(50, 40)), 0).astype(np.float32)  # a large tie group at 0
+        ref, _ = scipy.stats.spearmanr(a.ravel(), b.ravel())
+        assert abs(metrics.spearman(a, b) - ref) <= 1e-12
+
+
+def test_undefined_cases_return_none():
+    h = np.random.default_rng(0).random((16, 16))
+    assert metrics.spearman(np.full((16, 16), 0.3), h) is None
+    assert metrics.spearman(h, np.zeros((16, 16))) is None
+    inf = h.copy()
+    inf[0, 0] = np.inf
+    assert metrics.spearman(inf, h) is None
+    nan = h.copy()
+    nan[3, 3] = np.nan
+    assert metrics.spearman(nan, h) is None
+    assert metrics.dice_iou(nan, h) == (0.0, 0.0)
+    assert metrics.dice_iou(np.full((16, 16), 0.3), h) == (0.0, 0.0)
+
+
+def test_accepts_torch_tensors_and_rejects_mismatched_shapes():
+    import torch
+
+    h = np.random.default_rng(5).random((8, 8)).astype(np.float32)
+    t = torch.from_numpy(h.copy()).requires_grad_(True)
+    assert metrics.spearman(t, h) == 1.0
+    with pytest.raises(ValueError, match="differ in size"):
+        metrics.spearman(np.zeros((8, 9)), h)
+    with pytest.raises(ValueError, match="top"):
+        metrics.dice_iou(h, h, top=1.5)
