@@ -159,7 +159,7 @@ def main(argv=None) -> int:
 
     try:
         return args.func(args)
-    except (ImageError, KeyError, ValueError) as e:
+    except (ImageError, KeyError, ValueError, OSError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         print(f"error: {msg}", file=sys.stderr)
         return 2

@@ -94,7 +94,14 @@ def load_image(src: Source, *, with_notes: bool = False):
 
 
 def load_map(src: Source) -> np.ndarray:
-    """A user's human map as float32 (H, W): grey levels, or luminance of a colour image."""
+    """A user's human map as float32 (H, W): grey levels, or luminance of a colour image (or a .npy array)."""
+    if isinstance(src, (str, Path)) and Path(src).suffix.lower() == ".npy":
+        try:
+            src = np.load(Path(src), allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise ImageError(f"{Path(src).name}: not a readable .npy array ({e})") from None
+        if src.dtype.kind not in "uif":
+            raise ImageError(f"the human map array has dtype {src.dtype}; a numeric map is needed")
     if isinstance(src, np.ndarray):
         a = src.astype(np.float32)
     else:

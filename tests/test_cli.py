@@ -1,0 +1,127 @@
+"""`python -m dclsviz explain` end to end, one model per family, against the kit's goldens."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+# one per family; (id, target key in the golden, how the file is handed over)
+CASES = [
+    ("convnext_tiny.baseline", "target_class", "checkpoint"),
+    ("convformer_s18.dcls", "target_class", "checkpoint-dir"),
+    ("fastvit_sa24.dcls", "target_class", "checkpoint"),
+    ("resnet50.baseline", "top1_class", "checkpoint-dir"),
+]
+
+
+def run_cli(*args, env=None, check=True):
+    e = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    r = subprocess.run([sys.executable, "-m", "dclsviz", *map(str, args)], capture_output=True, text=True,
+                       env=e, cwd=REPO, timeout=600)
+    if check and r.returncode != 0:
+        raise AssertionError(f"exit {r.returncode}\nstdout: {r.stdout}\nstderr: {r.stderr[-3000:]}")
+    return r
+
+
+@pytest.fixture(scope="module")
+def fake(kit):
+    spec = importlib.util.spec_from_file_location("fake_checkpoint", kit / "fake_checkpoint.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("id_,target_key,handover", CASES)
+def test_explain_matches_goldens(id_, target_key, handover, kit, fake, tmp_path):
+    man = fake.load_manifest(str(kit / "manifests" / f"{id_}.json"))
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    path = folder / man["file_name"]
+    fake.write_checkpoint(man, str(path), seed=0)
+    g = np.load(kit / "golden" / f"{id_}.npz")
+    target = int(g[target_key])
+    prefix = "top1_" if target_key == "top1_class" else ""
+    out = tmp_path / "out"
+    where = ["--checkpoint", path] if handover == "checkpoint" else ["--checkpoint-dir", folder]
+    run_cli("explain", "--input-tensor", kit / str(g["input_file"]), "--arch", man["arch"], "--variant",
+            man["variant"], *where, "--target", target, "--device", "cpu", "--out", out,
+            env={"DCLSVIZ_CACHE": str(tmp_path / "cache"), "TORCH_HOME": str(tmp_path / "torch")})
+    res = json.loads((out / "result.json").read_text())
+    assert res["arch"] == man["arch"] and res["variant"] == man["variant"] and res["target"] == target
+    from dclsviz.download import sha256_file
+
+    assert res["checkpoint_sha256"] == sha256_file(path)
+    assert res["spearman"] == {"gradcam": None, "threshold_gradcam": None} and res["has_human_map"] is False
+    assert {"torch", "timm", "dcls"} <= set(res["versions"])
+    logits = np.load(out / "logits.npy")
+    assert logits.dtype == np.float32 and logits.shape == (1000,)
+    assert np.all(np.abs(logits - g["logits"]) <= 1e-4 + 1e-4 * np.abs(g["logits"]))
+    assert [c for c, _ in res["top5"]][0] == int(g["top1_class"])
+    probs = [p for _, p in res["top5"]]
+    assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-9
+    for ours, gold in (("gradcam", "gradcam_224"), ("gradcam_lowres", "gradcam_lowres")):
+        m = np.load(out / f"{ours}.npy")
+        assert m.dtype == np.float32
+        assert np.abs(m - g[prefix + gold]).max() <= 1e-4 * np.abs(g[prefix + gold]).max()
+    for ours, gold in (("threshold_gradcam", "threshold_224"), ("threshold_gradcam_lowres", "threshold_lowres")):
+        m = np.load(out / f"{ours}.npy")
+        assert np.abs(m - g[prefix + gold]).max() <= 1e-4
+    assert np.load(out / "gradcam.npy").shape == (224, 224)
+
+
+def test_explain_reports_spearman_against_a_human_map(kit, fake, tmp_path):
+    """--human: the map goes through the ClickMe pipeline and result.json carries both ρ values."""
+    from dclsviz import human, metrics
+
+    man = fake.load_manifest(str(kit / "manifests" / "convnext_tiny.baseline.json"))
+    path = tmp_path / man["file_name"]
+    fake.write_checkpoint(man, str(path), seed=0)
+    yy, xx = np.mgrid[0:256, 0:256]
+    hm = (255 * np.exp(-((yy - 100) ** 2 + (xx - 140) ** 2) / (2 * 40.0 ** 2))).astype(np.float32)
+    np.save(tmp_path / "human.npy", hm)
+    out = tmp_path / "out"
+    run_cli("explain", "--input-tensor", kit / "input_224.npy", "--arch", "convnext_tiny", "--variant", "baseline",
+            "--checkpoint", path, "--target", "pred", "--human", tmp_path / "human.npy", "--out", out)
+    res = json.loads((out / "result.json").read_text())
+    hmap = human.human_map(hm)
+    for m in ("gradcam", "threshold_gradcam"):
+        expect = metrics.spearman(np.load(out / f"{m}.npy"), hmap)
+        assert res["spearman"][m] == pytest.approx(expect, abs=1e-12)
+        assert -1 <= res["spearman"][m] <= 1
+
+
+def test_bad_inputs_give_clear_errors(tmp_path):
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("this is not an image")
+    r = run_cli("explain", bad, "--arch", "convnext_tiny", "--out", tmp_path / "o", check=False)
+    assert r.returncode == 2 and "not an image" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("explain", bad, "--arch", "no_such_arch", "--out", tmp_path / "o", check=False)
+    assert r.returncode == 2 and "unknown architecture" in r.stderr
+    wrong = tmp_path / "wrong.pth"
+    import torch
+
+    torch.save({"model": {"conv.weight": torch.zeros(1)}}, wrong)
+    np.save(tmp_path / "x.npy", np.zeros((1, 3, 224, 224), np.float32))
+    r = run_cli("explain", "--input-tensor", tmp_path / "x.npy", "--arch", "convnext_tiny", "--checkpoint", wrong,
+                "--out", tmp_path / "o", check=False)
+    assert r.returncode != 0 and "Traceback" not in r.stderr and "does not fit convnext_tiny.dcls" in r.stderr
+    r = run_cli("explain", "--input-tensor", tmp_path / "missing.npy", "--arch", "convnext_tiny",
+                "--out", tmp_path / "o", check=False)
+    assert r.returncode == 2 and "missing.npy" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_models_lists_the_zoo(tmp_path):
+    r = run_cli("models", env={"DCLSVIZ_CACHE": str(tmp_path)})
+    lines = [ln for ln in r.stdout.splitlines() if ln and not ln.startswith(" ")]
+    ids = {ln.split()[0] for ln in lines}
+    assert {f"{a}.{v}" for a in ("convnext_tiny", "resnet50", "fastvit_sa36") for v in ("baseline", "dcls")} <= ids
+    assert "zenodo.org/records/8373830" in r.stdout and "not cached" in r.stdout
