@@ -170,3 +170,7 @@ def archs() -> list[str]:
 
 def entries() -> list[ModelEntry]:
     return list(REGISTRY.values())
+
+
+# The bundled demo pair is an ordinary entry; importing it last registers it with everything above.
+from . import demo as _demo  # noqa: E402,F401
