@@ -33,7 +33,7 @@ def _parse_target(value: str):
 def cmd_explain(args) -> int:
     import torch
 
-    from . import checkpoints, clickme, images, zoo
+    from . import checkpoints, clickme, human, images, zoo
     from .compare import MAPS, Sample, explain_batch
     from .labels import class_index
     from .models import load
@@ -45,8 +45,6 @@ def cmd_explain(args) -> int:
     human_raw = images.load_map(args.human) if args.human else None
     if args.clickme:
         sample = Sample.from_clickme(clickme.read_record(args.clickme))
-        if human_raw is not None:
-            sample.human = Sample.from_image(sample.image, human_raw).human
     elif args.input_tensor is not None:
         x = np.load(args.input_tensor)
         if x.ndim == 4 and x.shape[0] == 1:
@@ -56,10 +54,10 @@ def cmd_explain(args) -> int:
         side = x.shape[1]
         sample = Sample(np.zeros((side, side, 3), np.uint8), name=str(args.input_tensor),
                         input_tensor=torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
-        if human_raw is not None:
-            sample.human = Sample.from_image(sample.image, human_raw).human
     else:
-        sample = Sample.from_image(images.load_image(args.image), human_raw, name=str(args.image))
+        sample = Sample.from_image(images.load_image(args.image), name=str(args.image))
+    if human_raw is not None:  # a user's map replaces the record's own
+        sample.human = human.human_map(human_raw)
     target = args.target
     if isinstance(target, str) and target not in ("pred", "label"):
         target = class_index(target, entry.class_names)

@@ -1,0 +1,59 @@
+"""A fresh machine with no network: the CLI works on the bundled demo pair and the shipped files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from dclsviz import clickme, demo, metrics, zoo
+from test_cli import run_cli
+
+SHARD = zoo.ASSETS / demo.SHARD
+EXAMPLES = sorted((zoo.ASSETS / "examples").glob("*.jpg"))
+
+
+def test_examples_are_licensed():
+    licences = (zoo.ASSETS / "examples" / "LICENSES").read_text()
+    assert len(EXAMPLES) >= 3
+    for p in EXAMPLES:
+        assert p.name in licences
+
+
+def test_explain_a_photo_offline(tmp_path):
+    out = tmp_path / "out"
+    r = run_cli("explain", EXAMPLES[0], "--arch", "demo", "--variant", "dcls", "--out", out,
+                env={"DCLSVIZ_CACHE": str(tmp_path / "empty"), "HF_HUB_OFFLINE": "1"})
+    res = json.loads((out / "result.json").read_text())
+    assert res["arch"] == "demo" and res["spearman"] == {"gradcam": None, "threshold_gradcam": None}
+    assert res["target"] == res["top5"][0][0]  # no label: the prediction is explained
+    assert res["top5_names"][0] in demo.CLASS_NAMES and "no human map" in r.stdout
+    assert np.load(out / "gradcam.npy").shape == (224, 224)
+
+
+@pytest.mark.parametrize("index", [0, 5])
+def test_explain_a_clickme_record(index, tmp_path):
+    """The record's label is the default target, and ρ is against the record's own human map."""
+    out = tmp_path / "out"
+    run_cli("explain", "--clickme", f"{SHARD}:{index}", "--arch", "demo", "--variant", "baseline", "--out", out)
+    res = json.loads((out / "result.json").read_text())
+    record = clickme.ClickMeShard(SHARD)[index]
+    assert res["label"] == record.label and res["target"] == record.label
+    human = record.human_map()
+    np.testing.assert_allclose(np.load(out / "human.npy"), human, rtol=0, atol=0)
+    for m in ("gradcam", "threshold_gradcam"):
+        assert res["spearman"][m] == pytest.approx(metrics.spearman(np.load(out / f"{m}.npy"), human), abs=1e-12)
+    assert res["spearman"]["gradcam"] is not None
+
+
+def test_unavailable_paper_checkpoint_offers_the_demo(tmp_path):
+    photo = EXAMPLES[0]
+    r = run_cli("explain", photo, "--arch", "convnext_tiny", "--variant", "dcls", "--out", tmp_path / "o",
+                env={"DCLSVIZ_CACHE": str(tmp_path / "empty"), "TORCH_HOME": str(tmp_path / "t"),
+                     # no proxy and an unresolvable name: the request fails at once, as offline
+                     "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"},
+                check=False)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "convnext_dcls_tiny_1k_224_ema.pth" in r.stderr and "--checkpoint-dir" in r.stderr
+    assert "--arch demo" in r.stderr
