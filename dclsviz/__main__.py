@@ -76,9 +76,8 @@ def cmd_explain(args) -> int:
     if out.human is not None:
         np.save(args.out / "human.npy", out.human.astype(np.float32))
     from .compare import versions
-    from .labels import class_names_for
 
-    names = class_names_for(entry)
+    names = out.class_names
     result = {"arch": entry.arch, "variant": entry.variant, "checkpoint_sha256": out.provenance["checkpoint_sha256"],
               "checkpoint": out.provenance["checkpoint_path"], "input": sample.name, "image_sha256": sample.sha256,
               "label": sample.label, "target": out.target, "target_name": names[out.target],

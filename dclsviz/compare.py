@@ -67,6 +67,10 @@ class ModelOutput:
     window: geometry.Window
     scores: dict[str, dict] = field(default_factory=dict)  # map -> spearman, ceiling, dice, iou
     seconds: float = 0.0
+    class_names: Sequence[str] = ()
+
+    def class_name(self, index: int) -> str:
+        return self.class_names[index] if index < len(self.class_names) else str(index)
 
 
 def resolve_target(spec: TargetSpec, sample: Sample) -> Optional[int]:
@@ -105,6 +109,7 @@ def explain_batch(loaded: LoadedModel, samples: Sequence[Sample], target: Target
     result = (engine or CamEngine(loaded)).explain(torch.stack(xs), [resolve_target(target, s) for s in samples],
                                                    threshold)
     per_image = (time.perf_counter() - start) / len(samples)
+    names = labels.class_names_for(loaded.entry)
     outputs = []
     for i, (s, w) in enumerate(zip(samples, windows)):
         maps = {"gradcam": result.gradcam[i], "threshold_gradcam": result.threshold_gradcam[i]}
@@ -112,7 +117,7 @@ def explain_batch(loaded: LoadedModel, samples: Sequence[Sample], target: Target
         outputs.append(ModelOutput(loaded.provenance(), int(result.targets[i]), result.top5(i), result.logits[i],
                                    maps, {"gradcam": result.gradcam_lowres[i],
                                           "threshold_gradcam": result.threshold_lowres[i]},
-                                   hmap, w, score_maps(maps, hmap), per_image))
+                                   hmap, w, score_maps(maps, hmap), per_image, names))
     return outputs
 
 
@@ -139,11 +144,10 @@ class Comparison:
         return None if b is None or d is None else d - b
 
     def manifest(self, class_names: Optional[Sequence[str]] = None) -> dict:
-        names = class_names or labels.imagenet_classes()
-
         def out(o: ModelOutput) -> dict:
-            return {**o.provenance, "target": o.target, "target_name": names[o.target],
-                    "top5": [[c, p, names[c]] for c, p in o.top5], "scores": o.scores,
+            name = (lambda i: class_names[i]) if class_names else o.class_name
+            return {**o.provenance, "target": o.target, "target_name": name(o.target),
+                    "top5": [[c, p, name(c)] for c, p in o.top5], "scores": o.scores,
                     "seconds": round(o.seconds, 4)}
 
         return {"image_sha256": self.sample.sha256, "sample": self.sample.name, "label": self.sample.label,
