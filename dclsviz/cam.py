@@ -6,9 +6,9 @@ The study's definitions (A: CAM-layer activation, G = d logit_target / dA):
   Threshold-Grad-CAM  = max(minmax(mean_c(relu(w_c * A_c))), threshold)
 Both share A and w and differ only in where the ReLU sits, so both come from the same pass.
 
-Parameters are frozen, so nothing before the CAM layer builds an autograd graph: a forward hook
-turns the layer's output into a fresh leaf that requires grad, and the backward pass runs through
-the head alone, with no parameter gradients.
+The forward runs with grad mode off up to the CAM layer (as fast as plain inference); a forward
+hook there turns grad mode on and the layer's output into a fresh leaf that requires grad, so the
+backward pass runs through the head alone, with no parameter gradients.
 """
 
 from __future__ import annotations
@@ -45,6 +45,9 @@ class CamLayerCapture:
     def _hook(self, module, inputs, output):
         if _active.get() is not self:
             return None
+        # Everything up to here ran without autograd (grad mode off is also what selects the fast
+        # inference kernels); from the CAM layer on, the head is recorded for the backward pass.
+        torch.set_grad_enabled(True)
         leaf = output.detach().requires_grad_(True)
         self.activation = leaf
         return leaf
@@ -132,11 +135,12 @@ class CamEngine:
         x = x.to(lm.device, torch.float32)
         if lm.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.enable_grad(), CamLayerCapture(lm.cam_module) as capture:
-            logits = lm.model(x)
-            a = capture.activation
-            if a is None:
-                raise RuntimeError(f"{lm.entry.id}: the CAM layer {lm.entry.cam_layer!r} did not run")
+        with torch.no_grad(), CamLayerCapture(lm.cam_module) as capture:
+            logits = lm.model(x)  # the hook turns grad mode on at the CAM layer
+        a = capture.activation
+        if a is None:
+            raise RuntimeError(f"{lm.entry.id}: the CAM layer {lm.entry.cam_layer!r} did not run")
+        with torch.enable_grad():
             target = self._resolve_targets(targets, logits.detach())
             score = logits.gather(1, target[:, None]).sum()
             (g,) = torch.autograd.grad(score, a)

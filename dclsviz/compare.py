@@ -92,22 +92,30 @@ def score_maps(maps: dict[str, np.ndarray], human_map: Optional[np.ndarray]) -> 
             for k, r, (d, i) in zip(names, rhos, overlaps)}
 
 
-def explain_batch(loaded: LoadedModel, samples: Sequence[Sample], target: TargetSpec = "label",
-                  threshold: float = DEFAULT_THRESHOLD, geometry_name: str = "paper",
-                  engine: Optional[CamEngine] = None) -> list[ModelOutput]:
-    """Preprocess, one forward + backward for the whole batch, frame the maps, score them."""
-    start = time.perf_counter()
-    t = loaded.entry.transform
+def prepare_inputs(samples: Sequence[Sample], transform) -> tuple[torch.Tensor, list[geometry.Window]]:
+    """The model input batch for ``transform`` and each sample's crop window."""
     xs, windows = [], []
     for s in samples:
         if s.input_tensor is not None:
             x, w = s.input_tensor, geometry.Window(0.0, 0.0, 1.0, 1.0)
         else:
-            x, w = geometry.preprocess(s.image, t)
+            x, w = geometry.preprocess(s.image, transform)
         xs.append(x)
         windows.append(w)
-    result = (engine or CamEngine(loaded)).explain(torch.stack(xs), [resolve_target(target, s) for s in samples],
-                                                   threshold)
+    return torch.stack(xs), windows
+
+
+def explain_batch(loaded: LoadedModel, samples: Sequence[Sample], target: TargetSpec = "label",
+                  threshold: float = DEFAULT_THRESHOLD, geometry_name: str = "paper",
+                  engine: Optional[CamEngine] = None,
+                  inputs: Optional[tuple[torch.Tensor, list[geometry.Window]]] = None) -> list[ModelOutput]:
+    """Preprocess, one forward + backward for the whole batch, frame the maps, score them.
+
+    ``inputs``: the result of ``prepare_inputs`` for this model's transform, when already made.
+    """
+    start = time.perf_counter()
+    x, windows = inputs if inputs is not None else prepare_inputs(samples, loaded.entry.transform)
+    result = (engine or CamEngine(loaded)).explain(x, [resolve_target(target, s) for s in samples], threshold)
     per_image = (time.perf_counter() - start) / len(samples)
     names = labels.class_names_for(loaded.entry)
     outputs = []
@@ -162,7 +170,13 @@ class Comparison:
 def compare(pair: dict[str, LoadedModel], sample: Sample, target: TargetSpec = "label",
             threshold: float = DEFAULT_THRESHOLD, geometry_name: str = "paper") -> Comparison:
     start = time.perf_counter()
-    outputs = {v: explain_batch(m, [sample], target, threshold, geometry_name)[0] for v, m in pair.items()}
+    prepared: dict = {}  # a baseline and its DCLS twin share their transform: preprocess once
+    outputs = {}
+    for v, m in pair.items():
+        t = m.entry.transform
+        if t not in prepared:
+            prepared[t] = prepare_inputs([sample], t)
+        outputs[v] = explain_batch(m, [sample], target, threshold, geometry_name, inputs=prepared[t])[0]
     return Comparison(sample, geometry_name, threshold, target, outputs, time.perf_counter() - start)
 
 
