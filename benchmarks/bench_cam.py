@@ -27,14 +27,17 @@ from dclsviz.cam import CamEngine, combine  # noqa: E402
 from dclsviz.compare import Sample, compare  # noqa: E402
 
 
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up: allocator, oneDNN primitive caches
-    ts = []
+def timed(fns: dict, repeats: int) -> dict:
+    """Median time of each function, measured in interleaved rounds so that load drifts hit all alike."""
+    for fn in fns.values():
+        fn()  # warm-up: allocator, oneDNN primitive caches
+    ts = {k: [] for k in fns}
     for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            ts[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in ts.items()}
 
 
 def main(argv=None) -> int:
@@ -67,8 +70,6 @@ def main(argv=None) -> int:
     def ours():
         compare(pair, sample, target="pred")
 
-    t_floor = timed(floor, a.repeats)
-    t_ours = timed(ours, a.repeats)
 
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -92,14 +93,15 @@ def main(argv=None) -> int:
                 with cls(model=m.model, target_layers=layer) as cam:
                     cam(input_tensor=x, targets=[ClassifierOutputTarget(1)])
 
-    t_pkg = timed(gradcam_package, a.repeats)
 
     live_dcls = live["dcls"].to(device).eval()
     live_dcls.requires_grad_(False)
     live_loaded = models.LoadedModel(pair["dcls"].entry, live_dcls, device, None, channels_last=False)
     frozen_engine, live_engine = CamEngine(pair["dcls"]), CamEngine(live_loaded)
-    t_frozen = timed(lambda: frozen_engine.explain(x, None), a.repeats)
-    t_live = timed(lambda: live_engine.explain(x, None), max(1, a.repeats // 2))
+    t = timed({"floor": floor, "ours": ours, "pkg": gradcam_package,
+               "frozen": lambda: frozen_engine.explain(x, None), "live": lambda: live_engine.explain(x, None)},
+              a.repeats)
+    t_floor, t_ours, t_pkg, t_frozen, t_live = (t[k] for k in ("floor", "ours", "pkg", "frozen", "live"))
 
     print(f"{a.arch} pair, {side}x{side}, device {device}, torch threads {torch.get_num_threads()}, "
           f"median of {a.repeats}")
