@@ -144,6 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--checkpoint-dir", type=Path)
     m.set_defaults(func=cmd_models)
 
+    from .evaluate import add_parser as add_evaluate
+
+    add_evaluate(sub)
+
     d = sub.add_parser("demo", help="the offline demo pair: `demo train` regenerates it")
     d.add_argument("rest", nargs=argparse.REMAINDER)
     d.set_defaults(func=cmd_demo)

@@ -44,9 +44,6 @@ def _open(src: Source) -> Image.Image:
 
 def _to_rgb_u8(im: Image.Image) -> tuple[np.ndarray, list[str]]:
     notes = []
-    if getattr(im, "is_animated", False):
-        notes.append(f"animated image: using the first of {getattr(im, 'n_frames', '?')} frames")
-        im.seek(0)
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):
         a = np.asarray(im, dtype=np.float64)
         hi = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
@@ -84,7 +81,13 @@ def load_image(src: Source, *, with_notes: bool = False):
             raise ImageError(f"the image is {w}×{h} pixels ({w * h / 1e6:.0f} MP); the limit is "
                              f"{MAX_PIXELS / 1e6:.0f} MP. Please downscale it.")
         try:
+            # exif_transpose hands back a copy of the current frame, which no longer knows it was animated
+            animated = []
+            if getattr(im, "is_animated", False):
+                animated.append(f"animated image: using the first of {getattr(im, 'n_frames', '?')} frames")
+                im.seek(0)
             rgb, notes = _to_rgb_u8(ImageOps.exif_transpose(im) or im)
+            notes = animated + notes
         except (OSError, SyntaxError, ValueError) as e:
             raise ImageError(f"the image file is damaged or truncated ({e})") from None
     h, w = rgb.shape[:2]

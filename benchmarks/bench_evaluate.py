@@ -1,0 +1,128 @@
+"""Dataset evaluation throughput: batched ``explain_batch`` vs one image at a time, measured in one run.
+
+    python benchmarks/bench_evaluate.py [--images 64] [--batch-size 32] [--repeats 3] [--device cpu] [--threads N]
+
+On the demo pair and the demo shard (both bundled). Each figure is the best of ``--repeats`` runs, so
+other jobs on a shared machine inflate it less; images/s count (image, model) evaluations of both models.
+  per-image loop   explain_batch with one sample per call
+  batched          explain_batch with --batch-size samples per call (what `evaluate` does)
+  evaluate()       the command's path: reading records, both models, per_image.csv with fsync (model
+                   loading, a fixed cost, measured apart)
+Then where the batched time goes, stage by stage, through the same core functions explain_batch calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from dclsviz import clickme, demo, evaluate, geometry, metrics, models, zoo  # noqa: E402
+from dclsviz.cam import CamEngine  # noqa: E402
+from dclsviz.compare import Sample, explain_batch, score_maps  # noqa: E402
+
+
+def best(fn, repeats: int) -> float:
+    fn()  # warm-up: allocator, oneDNN primitive caches
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return min(ts)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--images", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    device = torch.device(a.device)
+    shard_path = zoo.ASSETS / demo.SHARD
+    pair = {v: models.load(zoo.get(demo.ARCH, v), device=device) for v in zoo.VARIANTS}
+    engines = {v: CamEngine(m) for v, m in pair.items()}
+    shard = clickme.ClickMeShard(shard_path)
+    n = min(a.images, len(shard))
+    samples = [Sample.from_clickme(shard[i]) for i in range(n)]
+    evals = n * len(pair)
+
+    def per_image():
+        for v, m in pair.items():
+            for s in samples:
+                explain_batch(m, [s], "label", engine=engines[v])
+
+    def batched():
+        for v, m in pair.items():
+            for i in range(0, n, a.batch_size):
+                explain_batch(m, samples[i:i + a.batch_size], "label", engine=engines[v])
+
+    t_single = best(per_image, a.repeats)
+    t_batch = best(batched, a.repeats)
+
+    shards = evaluate.open_shards([shard_path])
+    items = evaluate.select_items(shards, n)
+
+    def whole():
+        with tempfile.TemporaryDirectory() as d:
+            evaluate.evaluate([demo.ARCH], list(zoo.VARIANTS), shards, items, Path(d), batch_size=a.batch_size,
+                              device=device, progress=False)
+
+    t_whole = best(whole, max(1, a.repeats - 1))
+    # evaluate() loads its models itself; that fixed cost is not throughput
+    t_load = best(lambda: [models.load(zoo.get(demo.ARCH, v), device=device) for v in zoo.VARIANTS], a.repeats)
+
+    # stages of the batched path, per (image, model)
+    t_read = best(lambda: [Sample.from_clickme(shard[i]) for i in range(n)], a.repeats) / n
+    m = pair["dcls"]
+    t_pre = best(lambda: [geometry.preprocess(s.image, m.entry.transform) for s in samples], a.repeats) / n
+    x = torch.stack([geometry.preprocess(s.image, m.entry.transform)[0] for s in samples])
+    labels = [s.label for s in samples]
+
+    def cam_batched():
+        for i in range(0, n, a.batch_size):
+            engines["dcls"].explain(x[i:i + a.batch_size], labels[i:i + a.batch_size])
+
+    t_cam_b = best(cam_batched, a.repeats) / n
+    t_cam_1 = best(lambda: [engines["dcls"].explain(x[i:i + 1], labels[i:i + 1]) for i in range(n)], a.repeats) / n
+    r = engines["dcls"].explain(x, labels)
+    maps = [{"gradcam": r.gradcam[i], "threshold_gradcam": r.threshold_gradcam[i]} for i in range(n)]
+    t_score = best(lambda: [score_maps(maps[i], samples[i].human) for i in range(n)], a.repeats) / n
+    t_rho = best(lambda: [metrics.spearman_many(np.stack(list(maps[i].values())), samples[i].human)
+                          for i in range(n)], a.repeats) / n
+
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"demo pair, {n} images of {shard_path.name}, device {device}, torch threads {torch.get_num_threads()}, "
+          f"best of {a.repeats}, load average {load} on {os.cpu_count()} CPUs")
+    print(f"  per-image loop (explain_batch, 1 sample/call)   {evals / t_single:8.1f} images/s")
+    print(f"  batched (explain_batch, {a.batch_size} samples/call)      {evals / t_batch:8.1f} images/s")
+    print(f"  ratio batched / per-image                       {t_single / t_batch:8.2f}x  (target >= 3)")
+    print(f"  evaluate(): records, CSV + fsync, batch {a.batch_size:<3}     {evals / (t_whole - t_load):8.1f} images/s"
+          f"  (plus {t_load:.1f} s loading both models)")
+    print("  per (image, model), DCLS model:")
+    print(f"    read + decode record, human map (once/image) {t_read * 1e3:8.2f} ms")
+    print(f"    preprocess (PIL resize, crop, normalise)     {t_pre * 1e3:8.2f} ms")
+    print(f"    forward + backward + CAMs, batch {a.batch_size:<3}         {t_cam_b * 1e3:8.2f} ms")
+    print(f"    forward + backward + CAMs, batch 1           {t_cam_1 * 1e3:8.2f} ms")
+    print(f"    scores (Spearman, Dice, IoU of 2 maps)       {t_score * 1e3:8.2f} ms")
+    print(f"      of which Spearman                          {t_rho * 1e3:8.2f} ms")
+    fixed = t_pre + t_score
+    print(f"  preprocessing + scores, per image whatever the batch: {fixed * 1e3:.2f} ms, "
+          f"{fixed / (t_batch / evals):.0%} of the batched time per (image, model)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

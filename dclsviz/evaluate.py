@@ -1,0 +1,562 @@
+"""Dataset evaluation: every (model, ClickMe record) through ``explain_batch``, resumably, then the study's tables.
+
+``python -m dclsviz evaluate --arch demo --demo --out runs/demo`` writes, in ``--out``:
+
+* ``per_image.csv``: one row per (arch, variant, shard, index), appended and fsynced batch by batch, so a
+  killed run loses at most the batch in flight; a rerun skips the rows present and drops a torn last line.
+* ``run.json``: what the rows were computed with (geometry, threshold, target, checkpoint hashes); a rerun
+  with other settings or other checkpoints is refused instead of mixing incomparable rows.
+* ``summary.json``: per arch × variant × map the mean ρ and its ceiling-normalised score, and per arch × map
+  the paired DCLS − baseline statistics (``stats.paired``), over the records and models of this run.
+* ``scatter.png``: the paper's Figure 2 (baseline score against DCLS score, one point per model and CAM).
+* ``table1.txt``: the paper's Table 1 layout, also printed to stdout.
+
+All maps and scores come from ``compare.explain_batch``; this module only schedules, stores and aggregates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Optional, Sequence
+
+from tqdm import tqdm
+
+from . import clickme, metrics, stats, zoo
+from .cam import DEFAULT_THRESHOLD
+from .compare import MAP_TITLES, MAPS, Sample, explain_batch, versions
+from .geometry import GEOMETRIES
+
+TARGET = "label"  # the study explains the record's ground-truth class
+METRICS = ("spearman", "ceiling", "dice", "iou")
+KEY = ("arch", "variant", "shard", "index")
+COLUMNS = (*KEY, "label", "target", "predicted", *(f"{k}_{m}" for k in METRICS for m in MAPS))
+CSV_NAME, RUN_NAME, SUMMARY_NAME, SCATTER_NAME, TABLE_NAME = (
+    "per_image.csv", "run.json", "summary.json", "scatter.png", "table1.txt")
+DEFAULT_BATCH = 32
+
+
+class EvaluationError(ValueError):
+    """The run cannot go on as asked (inconsistent output folder, bad input); the message says why."""
+
+
+# --- what to evaluate --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Item:
+    shard: str  # the shard's file name: the key in per_image.csv, stable when the data folder moves
+    index: int
+
+
+def resolve_shards(paths: Sequence[os.PathLike]) -> list[Path]:
+    """Shard files from files or folders (a folder contributes its shards in numeric order)."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = clickme.find_local_shards(p)
+            if not found:
+                raise EvaluationError(f"no ClickMe shards (*.tfrecords) in {p}")
+            out.extend(found)
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise EvaluationError(f"no such shard or folder: {p}")
+    return out
+
+
+def open_shards(paths: Sequence[Path]) -> dict[str, clickme.ClickMeShard]:
+    shards: dict[str, clickme.ClickMeShard] = {}
+    for p in paths:
+        if p.name in shards:
+            if shards[p.name].path.resolve() == p.resolve():
+                continue
+            raise EvaluationError(f"two shards are named {p.name} ({shards[p.name].path} and {p}); rows are keyed "
+                                  f"by file name, so evaluate them into different --out folders")
+        shards[p.name] = clickme.ClickMeShard(p)
+    return shards
+
+
+def select_items(shards: dict[str, clickme.ClickMeShard], limit: Optional[int] = None) -> list[Item]:
+    """The first ``limit`` records over the shards, in shard order."""
+    items: list[Item] = []
+    for name, shard in shards.items():
+        take = len(shard) if limit is None else min(len(shard), limit - len(items))
+        items.extend(Item(name, i) for i in range(take))
+        if limit is not None and len(items) >= limit:
+            break
+    return items
+
+
+# --- per_image.csv -----------------------------------------------------------------------------------
+
+
+def _cell(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return repr(v)  # the shortest text that reads back as the same double
+    return str(v)
+
+
+def parse_float(s: str) -> Optional[float]:
+    return None if s == "" else float(s)
+
+
+class ResultStore:
+    """``per_image.csv``: append-only rows, fsynced per batch; a torn last line is dropped on open."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.rows: dict[tuple, dict] = {}
+        self.dropped_torn_line = False
+        self.duplicates = 0
+        self._load()
+        self._file = None
+
+    def _load(self) -> None:
+        if not self.path.exists():
+            return
+        with open(self.path, "rb+") as f:
+            data = f.read()
+            if data and not data.endswith(b"\n"):
+                # Each batch is one write ending in a newline, so only a kill during a write leaves a line
+                # without one, and then it is the last; what precedes it is whole.
+                cut = data.rfind(b"\n") + 1
+                f.truncate(cut)
+                f.flush()
+                os.fsync(f.fileno())
+                data = data[:cut]
+                self.dropped_torn_line = True
+        lines = data.decode("utf-8").splitlines()
+        if not lines:
+            return
+        header = next(csv.reader(lines[:1]))
+        if tuple(header) != COLUMNS:
+            raise EvaluationError(f"{self.path} has columns {header}, not this version's {list(COLUMNS)}; "
+                                  f"use another --out folder")
+        for lineno, fields in enumerate(csv.reader(lines[1:]), start=2):
+            if len(fields) != len(COLUMNS):
+                raise EvaluationError(f"{self.path} line {lineno}: {len(fields)} fields, expected {len(COLUMNS)}")
+            row = dict(zip(COLUMNS, fields))
+            try:
+                row["index"] = int(row["index"])
+                for k in COLUMNS[len(KEY) + 3:]:
+                    parse_float(row[k])
+            except ValueError as e:
+                raise EvaluationError(f"{self.path} line {lineno}: {e}") from None
+            key = tuple(row[k] for k in KEY)
+            if key in self.rows:
+                self.duplicates += 1
+                continue
+            self.rows[key] = row
+
+    def done(self, arch: str, variant: str) -> set[Item]:
+        return {Item(k[2], k[3]) for k in self.rows if k[0] == arch and k[1] == variant}
+
+    def __enter__(self) -> "ResultStore":
+        new = not self.path.exists() or self.path.stat().st_size == 0
+        self._file = open(self.path, "a", newline="", encoding="utf-8")
+        if new:
+            self._write([COLUMNS])
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._file.close()
+        self._file = None
+
+    def _write(self, rows: Iterable[Sequence]) -> None:
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerows(rows)
+        self._file.write(buf.getvalue())
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def append(self, rows: list[dict]) -> None:
+        self._write([[_cell(r[c]) for c in COLUMNS] for r in rows])
+        for r in rows:
+            self.rows[tuple(r[k] for k in KEY)] = {c: (_cell(r[c]) if c != "index" else r[c]) for c in COLUMNS}
+
+
+def output_row(arch: str, variant: str, item: Item, label: Optional[int], out) -> dict:
+    row = {"arch": arch, "variant": variant, "shard": item.shard, "index": item.index, "label": label,
+           "target": out.target, "predicted": out.top5[0][0]}
+    for k in METRICS:
+        for m in MAPS:
+            v = out.scores[m][k]
+            row[f"{k}_{m}"] = None if v is None else float(v)
+    return row
+
+
+# --- run.json ----------------------------------------------------------------------------------------
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    # the summary and run record appear whole or not at all, even when the run is killed while writing
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class RunRecord:
+    """``run.json``: the settings and checkpoint hashes the rows of this folder were computed with."""
+
+    def __init__(self, out: Path, geometry: str, threshold: float):
+        self.path = out / RUN_NAME
+        settings = {"geometry": geometry, "threshold": float(threshold), "target": TARGET}
+        rows = out / CSV_NAME
+        if not self.path.exists() and rows.exists() and rows.stat().st_size > 0:
+            raise EvaluationError(f"{rows} exists without {RUN_NAME}, so its settings are unknown; "
+                                  f"use another --out folder")
+        self.data = json.loads(self.path.read_text()) if self.path.exists() else {**settings, "checkpoints": {}}
+        differ = {k: (self.data.get(k), v) for k, v in settings.items() if self.data.get(k) != v}
+        if differ:
+            said = ", ".join(f"{k} {old!r} (asked {new!r})" for k, (old, new) in differ.items())
+            raise EvaluationError(f"{out} holds rows computed with {said}; use another --out folder")
+
+    @property
+    def checkpoints(self) -> dict:
+        return self.data["checkpoints"]
+
+    def check_checkpoint(self, model_id: str, sha256: Optional[str]) -> None:
+        old = self.checkpoints.get(model_id)
+        if old is not None and sha256 is not None and old != sha256:
+            raise EvaluationError(f"{model_id}: the rows in {self.path.parent} come from checkpoint {old[:12]}…, "
+                                  f"this one is {sha256[:12]}…; use another --out folder")
+        if old is None:
+            self.checkpoints[model_id] = sha256
+            _write_json(self.path, self.data)
+
+    def save(self) -> None:
+        _write_json(self.path, self.data)
+
+
+# --- the loop ----------------------------------------------------------------------------------------
+
+
+def _batches(items: Sequence[Item], size: int) -> Iterator[list[Item]]:
+    for i in range(0, len(items), size):
+        yield list(items[i:i + size])
+
+
+def _read_samples(shards: dict[str, clickme.ClickMeShard], items: Sequence[Item]) -> list[Sample]:
+    return [Sample.from_clickme(shards[it.shard][it.index]) for it in items]
+
+
+def _progress(total: int, enabled: bool):
+    return tqdm(total=total, unit="img", desc="evaluate", file=sys.stderr, disable=not enabled, smoothing=0.1)
+
+
+def _download_bar(name: str, enabled: bool):
+    bar = {}
+
+    def update(done: int, total: Optional[int]) -> None:
+        if "b" not in bar:
+            bar["b"] = tqdm(total=total, unit="B", unit_scale=True, desc=name, file=sys.stderr, disable=not enabled)
+        bar["b"].update(done - bar["b"].n)
+
+    return update
+
+
+def evaluate(archs: Sequence[str], variants: Sequence[str], shards: dict[str, clickme.ClickMeShard],
+             items: Sequence[Item], out: Path, *, geometry: str = "paper", threshold: float = DEFAULT_THRESHOLD,
+             batch_size: int = DEFAULT_BATCH, device=None, checkpoint_dir: Optional[Path] = None,
+             download: bool = True, progress: bool = True, log=None) -> dict[str, str]:
+    """Append the missing rows of ``archs`` × ``variants`` × ``items`` to ``out/per_image.csv``.
+
+    Returns {arch: reason} for the architectures skipped because a checkpoint is unavailable.
+    """
+    import torch
+
+    from .cam import CamEngine
+    from .checkpoints import CheckpointError
+    from .models import load
+
+    # through tqdm, so a message does not land in the middle of the progress bar's line
+    log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
+    if batch_size < 1:
+        raise EvaluationError("--batch-size must be at least 1")
+    out.mkdir(parents=True, exist_ok=True)
+    record = RunRecord(out, geometry, threshold)
+    record.save()
+    store = ResultStore(out / CSV_NAME)
+    if store.dropped_torn_line:
+        log(f"{store.path}: dropped a torn last line left by an interrupted run")
+    device = torch.device(device) if device is not None else None
+    pending = {}
+    for a in archs:
+        for v in variants:
+            done = store.done(a, v)
+            pending[a, v] = [it for it in items if it not in done]
+    skipped: dict[str, str] = {}
+    bar = _progress(sum(len(p) for p in pending.values()), progress)
+    # Reading and decoding the next batch overlaps the models' work on this one.
+    pool = ThreadPoolExecutor(1, thread_name_prefix="dclsviz-read")
+    try:
+        with store:
+            for arch in archs:
+                todo = {v: set(pending[arch, v]) for v in variants if pending[arch, v]}
+                if not todo:
+                    continue
+                loaded = {}
+                try:
+                    for v in todo:
+                        entry = zoo.get(arch, v)
+                        loaded[v] = load(entry, checkpoint_dir=checkpoint_dir, device=device, download=download,
+                                         progress=_download_bar(entry.checkpoint.file_name, progress))
+                except CheckpointError as e:
+                    skipped[arch] = str(e)
+                    log(f"skipping {arch}: {e}")
+                    bar.total -= sum(len(t) for t in todo.values())
+                    bar.refresh()
+                    loaded.clear()  # the variant that did load is of no use alone; free it now
+                    continue
+                for v, lm in loaded.items():
+                    record.check_checkpoint(lm.entry.id, lm.provenance()["checkpoint_sha256"])
+                engines = {v: CamEngine(lm) for v, lm in loaded.items()}
+                union = [it for it in items if any(it in t for t in todo.values())]
+                batches = list(_batches(union, batch_size))
+                future = pool.submit(_read_samples, shards, batches[0]) if batches else None
+                for k, batch in enumerate(batches):
+                    samples = future.result()
+                    if k + 1 < len(batches):
+                        future = pool.submit(_read_samples, shards, batches[k + 1])
+                    rows = []
+                    for v, lm in loaded.items():
+                        idx = [i for i, it in enumerate(batch) if it in todo[v]]
+                        if not idx:
+                            continue
+                        outs = explain_batch(lm, [samples[i] for i in idx], TARGET, threshold, geometry, engines[v])
+                        rows.extend(output_row(arch, v, batch[i], samples[i].label, o) for i, o in zip(idx, outs))
+                    store.append(rows)
+                    bar.update(len(rows))
+                del loaded, engines
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+        bar.close()
+    return skipped
+
+
+# --- aggregation -------------------------------------------------------------------------------------
+
+
+def summarise(store_rows: dict[tuple, dict], archs: Sequence[str], variants: Sequence[str], items: Sequence[Item],
+              *, n_resamples: int = stats.N_RESAMPLES, seed: int = stats.SEED) -> dict:
+    """Per model × map means and per arch × map paired statistics, over ``items`` only."""
+    wanted = {(it.shard, it.index) for it in items}
+    by_model: dict[tuple[str, str], dict[tuple, dict]] = {}
+    for (a, v, s, i), row in store_rows.items():
+        if a in archs and v in variants and (s, i) in wanted:
+            by_model.setdefault((a, v), {})[(s, i)] = row
+    models: dict[str, dict] = {}
+    for (a, v), rows in sorted(by_model.items()):
+        entry = {"n_images": len(rows),
+                 "top1_accuracy": (sum(r["predicted"] == r["label"] for r in rows.values()) / len(rows)
+                                   if all(r["label"] != "" for r in rows.values()) else None)}
+        for m in MAPS:
+            s = metrics.summarise(parse_float(r[f"spearman_{m}"]) for r in rows.values())
+            entry[m] = {"mean_spearman": s["mean"], "ceiling_normalised": s["ceiling_normalised"], "n": s["n"],
+                        "n_defined": s["n_defined"], "n_undefined": s["n_undefined"],
+                        "mean_dice": metrics.summarise(parse_float(r[f"dice_{m}"]) for r in rows.values())["mean"],
+                        "mean_iou": metrics.summarise(parse_float(r[f"iou_{m}"]) for r in rows.values())["mean"]}
+        models.setdefault(a, {})[v] = entry
+    paired: dict[str, dict] = {}
+    for a in archs:
+        base, dcls = by_model.get((a, "baseline")), by_model.get((a, "dcls"))
+        if not base or not dcls:
+            continue
+        paired[a] = {}
+        for m in MAPS:
+            b_vals, d_vals = [], []
+            for key in sorted(base.keys() & dcls.keys()):
+                b, d = parse_float(base[key][f"spearman_{m}"]), parse_float(dcls[key][f"spearman_{m}"])
+                if b is not None and d is not None and math.isfinite(b) and math.isfinite(d):
+                    b_vals.append(b)
+                    d_vals.append(d)
+            paired[a][m] = stats.paired(b_vals, d_vals, n_resamples=n_resamples, seed=seed)
+    return {"models": models, "paired": paired}
+
+
+def table1(models: dict, archs: Sequence[str]) -> str:
+    """The paper's Table 1 layout: ceiling-normalised ρ, rows = architectures, Grad-CAM then Threshold."""
+    def cell(a, v, m):
+        s = models.get(a, {}).get(v, {}).get(m, {}).get("ceiling_normalised")
+        return f"{s:.4f}" if s is not None else "-"
+
+    w = max([len(a) for a in archs] + [12])
+    groups = [MAP_TITLES[m] for m in MAPS]
+    lines = [f"{'':{w}}  " + "  ".join(f"{g:^19}" for g in groups),
+             f"{'architecture':{w}}  " + "  ".join(f"{'baseline':>9} {'DCLS':>9}" for _ in MAPS)]
+    lines.append("-" * len(lines[1]))
+    for a in archs:
+        lines.append(f"{a:{w}}  " + "  ".join(f"{cell(a, 'baseline', m):>9} {cell(a, 'dcls', m):>9}"
+                                               for m in MAPS))
+    return "\n".join(lines)
+
+
+def scatter(models: dict, path: Path, title: str) -> bool:
+    """The paper's Figure 2: baseline score (x) against DCLS score (y), one labelled point per model and CAM."""
+    points = [(a, m, models[a]["baseline"][m]["ceiling_normalised"], models[a]["dcls"][m]["ceiling_normalised"])
+              for a in models if {"baseline", "dcls"} <= models[a].keys() for m in MAPS]
+    points = [p for p in points if p[2] is not None and p[3] is not None]
+    if not points:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    markers = {"gradcam": "o", "threshold_gradcam": "^"}
+    colours = {a: plt.get_cmap("tab10")(i % 10) for i, a in enumerate(dict.fromkeys(p[0] for p in points))}
+    fig, ax = plt.subplots(figsize=(6, 6), dpi=150)
+    xs = [p[2] for p in points] + [p[3] for p in points]
+    lo, hi = min(xs), max(xs)
+    pad = 0.05 * (hi - lo or 1.0)
+    ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="0.5", lw=1, ls="--", zorder=0)
+    for a, m, x, y in points:
+        ax.scatter(x, y, marker=markers[m], s=60, color=colours[a], edgecolor="black", lw=0.5, zorder=2)
+        ax.annotate(a, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
+    ax.set_xlim(lo - pad, hi + pad)
+    ax.set_ylim(lo - pad, hi + pad)
+    ax.set_aspect("equal")
+    ax.set_xlabel("baseline alignment (ceiling-normalised Spearman)")
+    ax.set_ylabel("DCLS alignment (ceiling-normalised Spearman)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(handles=[Line2D([], [], marker=markers[m], ls="", color="0.3", label=MAP_TITLES[m]) for m in MAPS]
+              + [Line2D([], [], color="0.5", ls="--", label="y = x")], loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+# --- command line ------------------------------------------------------------------------------------
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("evaluate", help="score models on ClickMe shards: per-image CSV, summary, "
+                                               "paired statistics, Figure 2 and Table 1",
+                              description="Score models against ClickMe human maps, resumably, and write the "
+                                          "study's Table 1 and Figure 2.")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--arch", help="architecture(s), comma-separated (see `python -m dclsviz models`)")
+    which.add_argument("--all", action="store_true", help="the study's 8 architectures")
+    p.add_argument("--variants", default=",".join(zoo.VARIANTS), help="comma-separated (default: %(default)s)")
+    data = p.add_mutually_exclusive_group(required=True)
+    data.add_argument("--clickme", nargs="*", type=Path, metavar="PATH",
+                      help="ClickMe shard files or folders (none given: $DCLSVIZ_CLICKME_DIR or the cache)")
+    data.add_argument("--demo", action="store_true", help="the bundled demo shard")
+    p.add_argument("--fetch-clickme", action="store_true",
+                   help="with --clickme and no PATH: download the 17 validation shards into the cache first")
+    p.add_argument("--limit", type=int, help="only the first N records over the shards")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
+    p.add_argument("--geometry", choices=GEOMETRIES, default="paper")
+    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
+    p.add_argument("--checkpoint-dir", type=Path, help="a folder holding the published checkpoint files")
+    p.add_argument("--no-download", action="store_true", help="skip architectures whose checkpoints are not local")
+    p.add_argument("--resamples", type=int, default=stats.N_RESAMPLES, help="bootstrap resamples")
+    p.add_argument("--seed", type=int, default=stats.SEED, help="bootstrap seed")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=run)
+    return p
+
+
+def _shard_paths(args) -> list[Path]:
+    if args.demo:
+        from . import demo
+
+        return [zoo.ASSETS / demo.SHARD]
+    if args.clickme:
+        return resolve_shards(args.clickme)
+    if args.fetch_clickme:
+        bars: dict[int, tqdm] = {}
+
+        def report(k, n, done, total):
+            if k not in bars:
+                bars[k] = tqdm(total=total, unit="B", unit_scale=True, desc=f"shard {k + 1}/{n}", file=sys.stderr)
+            bars[k].update(done - bars[k].n)
+
+        return clickme.download_val_shards(progress=report)
+    found = clickme.find_local_shards()
+    if not found:
+        raise EvaluationError(f"no ClickMe shards in ${clickme.CLICKME_DIR_ENV} or the cache; give shard paths, "
+                              f"or add --fetch-clickme to download the validation shards (~1.5 GB)")
+    return found
+
+
+def run(args) -> int:
+    archs = list(zoo.PAPER_ARCHS) if args.all else [a.strip() for a in args.arch.split(",") if a.strip()]
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    for a in archs:
+        for v in variants:
+            zoo.get(a, v)  # unknown names fail here, with the list of known ones, before any work
+    if args.limit is not None and args.limit < 1:
+        raise EvaluationError("--limit must be at least 1")
+    shards = open_shards(_shard_paths(args))
+    items = select_items(shards, args.limit)
+    out: Path = args.out
+    skipped = evaluate(archs, variants, shards, items, out, geometry=args.geometry, threshold=args.threshold,
+                       batch_size=args.batch_size, device=args.device, checkpoint_dir=args.checkpoint_dir,
+                       download=not args.no_download, progress=not args.no_progress)
+    record = RunRecord(out, args.geometry, args.threshold)
+    result = summarise(ResultStore(out / CSV_NAME).rows, archs, variants, items, n_resamples=args.resamples,
+                       seed=args.seed)
+    summary = {"geometry": args.geometry, "threshold": args.threshold, "target": TARGET,
+               "human_ceiling": metrics.HUMAN_CEILING, "n_items": len(items),
+               "shards": {name: str(s.path.resolve()) for name, s in shards.items()}, "limit": args.limit,
+               "archs": archs, "variants": variants, "skipped": skipped,
+               "checkpoints": {k: sha for k, sha in record.checkpoints.items()
+                               if k.rsplit(".", 1)[0] in archs and k.rsplit(".", 1)[1] in variants},
+               **result, "versions": versions()}
+    _write_json(out / SUMMARY_NAME, summary)
+    table = table1(result["models"], archs)
+    (out / TABLE_NAME).write_text(table + "\n")
+    scatter(result["models"], out / SCATTER_NAME,
+            f"{len(items)} images, {args.geometry} geometry, threshold {args.threshold}")
+    print(f"Alignment with human maps (ceiling-normalised Spearman, {len(items)} images)\n{table}")
+    for a, per_map in result["paired"].items():
+        for m, s in per_map.items():
+            ci = f"[{s['ci'][0]:+.4f}, {s['ci'][1]:+.4f}]" if s["ci"] else "-"
+            p = f"{s['wilcoxon']['p']:.3g}" if s["wilcoxon"]["p"] is not None else "-"
+            mean = f"{s['mean_delta']:+.4f}" if s["mean_delta"] is not None else "-"
+            print(f"{a} {MAP_TITLES[m]}: Δρ (DCLS − baseline) {mean}, 95% CI {ci}, Wilcoxon p {p}, "
+                  f"{s['n_pairs']} pairs")
+    print(f"wrote {out}")
+    if skipped:
+        print(f"skipped, checkpoint unavailable or unreadable (see above): {', '.join(skipped)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dclsviz.evaluate")
+    args = add_parser(parser.add_subparsers(dest="command", required=True)).parse_args(argv)
+    try:
+        return args.func(args)
+    except (EvaluationError, KeyError, ValueError, OSError) as e:
+        print(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(["evaluate", *sys.argv[1:]]))

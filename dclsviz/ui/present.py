@@ -1,0 +1,124 @@
+"""How a ``Comparison`` is shown: overlays, score and top-5 tables, captions, and the export bundle file.
+
+Nothing is computed here: maps and scores are the Comparison's, pictures come from ``render``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Optional
+
+from .. import labels, metrics, render
+from ..compare import MAP_TITLES, MAPS, Comparison
+from .service import VARIANT_TITLES
+
+# what compare's Dice/IoU use, read from the metric so the caption cannot drift from it
+TOP_FRACTION = inspect.signature(metrics.dice_iou_many).parameters["top"].default
+
+
+def provenance_text(c: Comparison) -> str:
+    parts = []
+    for v, o in c.outputs.items():
+        p = o.provenance
+        sha = (p.get("checkpoint_sha256") or "")[:12]
+        name = Path(p["checkpoint_path"]).name if p.get("checkpoint_path") else "in-memory weights"
+        parts.append(f"{VARIANT_TITLES[v]} `{name}` ({p.get('checkpoint_origin') or 'given'}, sha256 `{sha}`)")
+    dev = next(iter(c.outputs.values())).provenance.get("device", "?")
+    return f"**Checkpoints:** {' · '.join(parts)} · **computed on** `{dev}`"
+
+
+def overlays(c: Comparison, alpha: float, cmap: str) -> dict:
+    """Display images: the human map and every CAM over the image as the comparison frame shows it."""
+    img = c.frame_image()
+    out = {"human": render.overlay(img, c.human, alpha, cmap) if c.human is not None else img}
+    for v, o in c.outputs.items():
+        for m in MAPS:
+            out[f"{v}_{m}"] = render.overlay(img, o.maps[m], alpha, cmap)
+    return out
+
+
+def _fmt(x: Optional[float], signed: bool = True) -> str:
+    return "—" if x is None else (f"{x:+.3f}" if signed else f"{x:.3f}")
+
+
+SCORE_HEADERS = ["model", "map", "ρ", "Δρ", "ρ / ceiling", "Dice", "IoU"]
+
+
+def score_rows(c: Comparison) -> list[list[str]]:
+    rows = []
+    for v, o in c.outputs.items():
+        for m in MAPS:
+            sc = o.scores[m]
+            rows.append([VARIANT_TITLES[v], MAP_TITLES[m], _fmt(sc["spearman"]),
+                         _fmt(c.delta(m)) if v == "dcls" else "", _fmt(sc["ceiling"]), _fmt(sc["dice"], False),
+                         _fmt(sc["iou"], False)])
+    return rows
+
+
+TOP5_HEADERS = ["#", "Baseline", "p", "DCLS", "p "]
+
+
+def top5_rows(c: Comparison, names) -> list[list[str]]:
+    b, d = c.outputs["baseline"].top5, c.outputs["dcls"].top5
+    return [[str(k + 1), labels.short_name(bc, names), f"{bp:.3f}", labels.short_name(dc, names), f"{dp:.3f}"]
+            for k, ((bc, bp), (dc, dp)) in enumerate(zip(b, d))]
+
+
+def rho_text(c: Comparison, variant: str, m: str) -> str:
+    return f"**{render.fmt_rho(c.outputs[variant].scores[m]['spearman'], c.human is not None)}**"
+
+
+def column_head(c: Comparison, variant: str, names) -> str:
+    o = c.outputs[variant]
+    (c1, p1) = o.top5[0]
+    arch = o.provenance["id"].split(".")[0]
+    return (f"### {VARIANT_TITLES[variant]} · `{arch}`\nexplains **{labels.short_name(o.target, names)}** · top-1 "
+            f"{labels.short_name(c1, names)} ({p1:.2f})")
+
+
+def sample_text(c: Comparison, names, load_s: float, source: str) -> str:
+    s = c.sample
+    label = f"label **{labels.short_name(s.label, names)}** ({s.label})" if s.label is not None and \
+        0 <= s.label < len(names) else ("label " + str(s.label) if s.label is not None else "no label")
+    per = ", ".join(f"{VARIANT_TITLES[v]} {o.seconds:.2f} s" for v, o in c.outputs.items())
+    load = f"; loading the models took {load_s:.1f} s" if load_s > 0.05 else ""
+    human = "no human map" if c.human is None else (
+        "human map: ClickMe" if source == "clickme" else "human map: yours")
+    return (f"**{Path(s.name).name or 'upload'}** · {label} · {human} · geometry `{c.geometry}` · "
+            f"threshold {c.threshold:g}  \n"
+            f"**Time:** {c.seconds:.2f} s for both models ({per}){load}")
+
+
+class Exports:
+    """Export bundles written for download; old ones are pruned so the folder does not grow forever."""
+
+    def __init__(self, folder: Path, keep_s: float = 3600.0):
+        self.folder = Path(folder)
+        self.keep_s = keep_s
+        self._lock = threading.Lock()
+
+    def write(self, c: Comparison, names, alpha: float, cmap: str, arch: str) -> str:
+        data = render.export_bundle(c, names, alpha, cmap)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        stem = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in Path(c.sample.name or "upload").name)
+        d = Path(tempfile.mkdtemp(dir=self.folder))
+        path = d / f"dclsviz_{arch}_{stem[:60]}.zip"
+        path.write_bytes(data)
+        self._prune()
+        return str(path)
+
+    def _prune(self) -> None:
+        cutoff = time.time() - self.keep_s
+        with self._lock:
+            for d in self.folder.iterdir():
+                try:
+                    if d.is_dir() and d.stat().st_mtime < cutoff:
+                        for f in d.iterdir():
+                            f.unlink()
+                        d.rmdir()
+                except OSError:
+                    pass

@@ -1,0 +1,127 @@
+"""The page in headless Chromium (Debian's build, driven by playwright): what a researcher sees and does."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+pytest.register_assert_rewrite("app_fixtures")
+from app_fixtures import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, EXAMPLES, MAPS, VARIANTS, bad_photo
+
+pytest_plugins = ["app_fixtures"]
+pytestmark = pytest.mark.browser
+
+RHO = re.compile(r"ρ = [+-]\d\.\d{3}")
+TIMEOUT_MS = 120_000
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.is_file():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (never `playwright install`)", pytrace=False)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, app_server):
+    ctx = browser.new_context(viewport={"width": 1440, "height": 1000})
+    pg = ctx.new_page()
+    pg.set_default_timeout(TIMEOUT_MS)
+    pg.goto(app_server.url)
+    pg.wait_for_selector("#run")
+    yield pg
+    ctx.close()
+
+
+def upload_photo(page, path) -> None:
+    page.get_by_role("tab", name="Upload a photo").click()
+    clear = page.locator("#photo button[aria-label=Clear]")
+    if clear.count():
+        clear.first.click()
+    page.locator("#photo input[type=file]").set_input_files(str(path))
+
+
+def overlay_srcs(page) -> list[str]:
+    return [page.locator(f"#{v}-{m} img").get_attribute("src") for v in VARIANTS for m in MAPS]
+
+
+def wait_for_results(page) -> None:
+    for v in VARIANTS:
+        for m in MAPS:
+            page.wait_for_selector(f"#{v}-{m} img")
+            page.wait_for_function(f"() => /ρ = [+-]\\d|no human map/.test("
+                                   f"document.querySelector('#rho-{v}-{m}').innerText)")
+
+
+def paint_stroke(page) -> None:
+    """Drag the brush across the middle of the photo, as a user marking what matters."""
+    canvas = page.locator("#painter canvas").first
+    page.wait_for_function("() => { const c = document.querySelector('#painter canvas');"
+                           " return c && c.getBoundingClientRect().height > 100; }")
+    box = canvas.bounding_box()
+    x0, y0 = box["x"] + box["width"] * 0.42, box["y"] + box["height"] * 0.35
+    page.mouse.move(x0, y0)
+    page.mouse.down()
+    for k in range(1, 16):
+        page.mouse.move(x0 + k * box["width"] * 0.008, y0 + k * box["height"] * 0.02, steps=2)
+    page.mouse.up()
+
+
+def test_upload_paint_compare_and_restyle(page):
+    upload_photo(page, EXAMPLES[1])
+    # the photo becomes the painting canvas
+    page.wait_for_selector("#painter canvas")
+    page.wait_for_timeout(1500)
+    paint_stroke(page)
+    page.locator("#run").click()
+    wait_for_results(page)
+
+    rhos = {f"{v}-{m}": page.locator(f"#rho-{v}-{m}").inner_text() for v in VARIANTS for m in MAPS}
+    assert all(RHO.search(t) for t in rhos.values()), rhos
+    assert page.locator("#human-map img").count() == 1
+    assert "human map: yours" in page.locator("#summary").inner_text()
+    table = page.locator("#scores").inner_text()
+    assert "Threshold-Grad-CAM" in table and "Δρ" in table and re.search(r"[+-]0\.\d{3}", table)
+    assert "sha256" in page.locator("#provenance").inner_text()
+    page.wait_for_selector("#export", state="visible")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(ARTIFACTS / "screenshot_compare.png"), full_page=True)
+
+    # a colormap change redraws the overlays from the cached comparison: the timing line (written only
+    # when the CAMs are computed) stays as it was
+    summary, before = page.locator("#summary").inner_text(), overlay_srcs(page)
+    page.locator("#cmap input").click()
+    page.get_by_role("option", name="viridis").click()
+    page.wait_for_function(f"() => document.querySelector('#dcls-gradcam img').src !== {before[2]!r}")
+    after = overlay_srcs(page)
+    assert all(a != b for a, b in zip(after, before))
+    assert page.locator("#summary").inner_text() == summary
+    assert {k: page.locator(f"#rho-{k}").inner_text() for k in rhos} == rhos
+
+
+def test_bad_upload_and_missing_checkpoint_leave_the_page_working(page, tmp_path):
+    upload_photo(page, bad_photo("text_as_jpg", tmp_path))
+    page.get_by_text("notes.jpg is not an image").first.wait_for()
+    page.locator("#run").click()
+    page.get_by_text("photo: notes.jpg is not an image").first.wait_for()
+    # the input stays where the user put it
+    assert "notes" in page.locator("#photo").inner_text()
+
+    upload_photo(page, EXAMPLES[0])
+    page.locator("#arch input").click()
+    page.get_by_role("option", name="convnext_tiny").click()
+    page.get_by_text("not cached, downloads are off").first.wait_for()
+    page.locator("#run").click()
+    page.locator("#status-box").get_by_text("checkpoints are not available").wait_for()
+    page.get_by_role("button", name="Use the bundled demo pair instead").click()
+    wait_for_results(page)
+    assert page.locator("#arch input").input_value() == "demo"
+    assert all("no human map" in page.locator(f"#rho-{v}-{m}").inner_text() for v in VARIANTS for m in MAPS)
+    assert EXAMPLES[0].name in page.locator("#summary").inner_text()
