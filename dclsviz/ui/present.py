@@ -88,9 +88,12 @@ def sample_text(c: Comparison, names, load_s: float, source: str) -> str:
     load = f"; loading the models took {load_s:.1f} s" if load_s > 0.05 else ""
     human = "no human map" if c.human is None else (
         "human map: ClickMe" if source == "clickme" else "human map: yours")
+    targets = {o.target for o in c.outputs.values()}
+    differ = ("  \n**The two models explain different classes** (each its own top-1): choose one class to "
+              "compare them on the same target." if len(targets) > 1 else "")
     return (f"**{Path(s.name).name or 'upload'}** · {label} · {human} · geometry `{c.geometry}` · "
             f"threshold {c.threshold:g}  \n"
-            f"**Time:** {c.seconds:.2f} s for both models ({per}){load}")
+            f"**Time:** {c.seconds:.2f} s for both models ({per}){load}{differ}")
 
 
 class Exports:
