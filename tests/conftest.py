@@ -22,3 +22,22 @@ def kit() -> Path:
             pytrace=False,
         )
     return path
+
+
+@pytest.fixture(scope="session")
+def fake(kit):
+    """The kit's fake_checkpoint module, loaded once per session.
+
+    It registers a torch serialization hook (to write cuda:0-tagged storages) when first used; two
+    copies of the module would register two and corrupt each other's files.
+    """
+    import importlib.util
+    import sys
+
+    if "fake_checkpoint" in sys.modules:
+        return sys.modules["fake_checkpoint"]
+    spec = importlib.util.spec_from_file_location("fake_checkpoint", kit / "fake_checkpoint.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["fake_checkpoint"] = mod
+    spec.loader.exec_module(mod)
+    return mod

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -30,14 +29,6 @@ def run_cli(*args, env=None, check=True):
     if check and r.returncode != 0:
         raise AssertionError(f"exit {r.returncode}\nstdout: {r.stdout}\nstderr: {r.stderr[-3000:]}")
     return r
-
-
-@pytest.fixture(scope="module")
-def fake(kit):
-    spec = importlib.util.spec_from_file_location("fake_checkpoint", kit / "fake_checkpoint.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.mark.parametrize("id_,target_key,handover", CASES)

@@ -8,9 +8,7 @@ and both CAMs with the goldens the paper's own code produced, within the kit's t
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,19 +19,6 @@ from dclsviz import checkpoints, models, zoo
 from dclsviz.cam import CamEngine
 
 IDS = [e.id for e in zoo.entries() if e.arch != "demo"]
-
-
-def _kit_module(kit: Path):
-    spec = importlib.util.spec_from_file_location("fake_checkpoint", kit / "fake_checkpoint.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("fake_checkpoint", mod)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-@pytest.fixture(scope="module")
-def fake(kit):
-    return _kit_module(kit)
 
 
 @pytest.fixture
