@@ -2,8 +2,9 @@
 
     python benchmarks/bench_evaluate.py [--images 64] [--batch-size 32] [--repeats 3] [--device cpu] [--threads N]
 
-On the demo pair and the demo shard (both bundled). Each figure is the best of ``--repeats`` runs, so
-other jobs on a shared machine inflate it less; images/s count (image, model) evaluations of both models.
+On the demo pair and the demo shard (both bundled). Each figure is the best of ``--repeats`` interleaved
+rounds, so other jobs on a shared machine inflate it less and drift hits every path alike; images/s count
+(image, model) evaluations of both models.
   per-image loop   explain_batch with one sample per call
   batched          explain_batch with --batch-size samples per call (what `evaluate` does)
   evaluate()       the command's path: reading records, both models, per_image.csv with fsync (model
@@ -31,13 +32,20 @@ from dclsviz.compare import Sample, explain_batch, score_maps  # noqa: E402
 
 
 def best(fn, repeats: int) -> float:
-    fn()  # warm-up: allocator, oneDNN primitive caches
-    ts = []
+    return interleaved({"f": fn}, repeats)["f"]
+
+
+def interleaved(fns: dict, repeats: int) -> dict:
+    """Best time of each function over rounds that run each once, so load drifts hit all of them alike."""
+    for fn in fns.values():
+        fn()  # warm-up: allocator, oneDNN primitive caches
+    ts = {k: [] for k in fns}
     for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return min(ts)
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            ts[k].append(time.perf_counter() - t)
+    return {k: min(v) for k, v in ts.items()}
 
 
 def main(argv=None) -> int:
@@ -69,9 +77,6 @@ def main(argv=None) -> int:
             for i in range(0, n, a.batch_size):
                 explain_batch(m, samples[i:i + a.batch_size], "label", engine=engines[v])
 
-    t_single = best(per_image, a.repeats)
-    t_batch = best(batched, a.repeats)
-
     shards = evaluate.open_shards([shard_path])
     items = evaluate.select_items(shards, n)
 
@@ -80,32 +85,34 @@ def main(argv=None) -> int:
             evaluate.evaluate([demo.ARCH], list(zoo.VARIANTS), shards, items, Path(d), batch_size=a.batch_size,
                               device=device, progress=False)
 
-    t_whole = best(whole, max(1, a.repeats - 1))
-    # evaluate() loads its models itself; that fixed cost is not throughput
-    t_load = best(lambda: [models.load(zoo.get(demo.ARCH, v), device=device) for v in zoo.VARIANTS], a.repeats)
+    def load():
+        return [models.load(zoo.get(demo.ARCH, v), device=device) for v in zoo.VARIANTS]
 
-    # stages of the batched path, per (image, model)
-    t_read = best(lambda: [Sample.from_clickme(shard[i]) for i in range(n)], a.repeats) / n
+    t = interleaved({"single": per_image, "batch": batched, "whole": whole, "load": load}, a.repeats)
+    # evaluate() loads its models itself; that fixed cost is not throughput
+    t_single, t_batch, t_whole, t_load = t["single"], t["batch"], t["whole"], t["load"]
+
+    # stages of the batched path, per (image, model), again in interleaved rounds
     m = pair["dcls"]
-    t_pre = best(lambda: [geometry.preprocess(s.image, m.entry.transform) for s in samples], a.repeats) / n
     x = torch.stack([geometry.preprocess(s.image, m.entry.transform)[0] for s in samples])
     labels = [s.label for s in samples]
-
-    def cam_batched():
-        for i in range(0, n, a.batch_size):
-            engines["dcls"].explain(x[i:i + a.batch_size], labels[i:i + a.batch_size])
-
-    t_cam_b = best(cam_batched, a.repeats) / n
-    t_cam_1 = best(lambda: [engines["dcls"].explain(x[i:i + 1], labels[i:i + 1]) for i in range(n)], a.repeats) / n
     r = engines["dcls"].explain(x, labels)
     maps = [{"gradcam": r.gradcam[i], "threshold_gradcam": r.threshold_gradcam[i]} for i in range(n)]
-    t_score = best(lambda: [score_maps(maps[i], samples[i].human) for i in range(n)], a.repeats) / n
-    t_rho = best(lambda: [metrics.spearman_many(np.stack(list(maps[i].values())), samples[i].human)
-                          for i in range(n)], a.repeats) / n
+    stages = interleaved({
+        "read": lambda: [Sample.from_clickme(shard[i]) for i in range(n)],
+        "pre": lambda: [geometry.preprocess(s.image, m.entry.transform) for s in samples],
+        "cam_b": lambda: [engines["dcls"].explain(x[i:i + a.batch_size], labels[i:i + a.batch_size])
+                          for i in range(0, n, a.batch_size)],
+        "cam_1": lambda: [engines["dcls"].explain(x[i:i + 1], labels[i:i + 1]) for i in range(n)],
+        "score": lambda: [score_maps(maps[i], samples[i].human) for i in range(n)],
+        "rho": lambda: [metrics.spearman_many(np.stack(list(maps[i].values())), samples[i].human) for i in range(n)],
+    }, a.repeats)
+    t_read, t_pre, t_cam_b, t_cam_1, t_score, t_rho = (stages[k] / n for k in
+                                                       ("read", "pre", "cam_b", "cam_1", "score", "rho"))
 
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    load_avg = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     print(f"demo pair, {n} images of {shard_path.name}, device {device}, torch threads {torch.get_num_threads()}, "
-          f"best of {a.repeats}, load average {load} on {os.cpu_count()} CPUs")
+          f"best of {a.repeats} interleaved rounds, load average {load_avg} on {os.cpu_count()} CPUs")
     print(f"  per-image loop (explain_batch, 1 sample/call)   {evals / t_single:8.1f} images/s")
     print(f"  batched (explain_batch, {a.batch_size} samples/call)      {evals / t_batch:8.1f} images/s")
     print(f"  ratio batched / per-image                       {t_single / t_batch:8.2f}x  (target >= 3)")

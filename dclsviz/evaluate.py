@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from . import clickme, metrics, stats, zoo
 from .cam import DEFAULT_THRESHOLD
-from .compare import MAP_TITLES, MAPS, Sample, explain_batch, versions
+from .compare import MAP_TITLES, MAPS, Sample, explain_batch, prepare_inputs, versions
 from .geometry import GEOMETRIES
 
 TARGET = "label"  # the study explains the record's ground-truth class
@@ -255,8 +255,10 @@ def _batches(items: Sequence[Item], size: int) -> Iterator[list[Item]]:
         yield list(items[i:i + size])
 
 
-def _read_samples(shards: dict[str, clickme.ClickMeShard], items: Sequence[Item]) -> list[Sample]:
-    return [Sample.from_clickme(shards[it.shard][it.index]) for it in items]
+def _read_batch(shards: dict[str, clickme.ClickMeShard], items: Sequence[Item], transforms: Sequence):
+    """The batch's samples, and its model inputs once per distinct transform (a baseline and its twin share one)."""
+    samples = [Sample.from_clickme(shards[it.shard][it.index]) for it in items]
+    return samples, {t: prepare_inputs(samples, t) for t in transforms}
 
 
 def _progress(total: int, enabled: bool):
@@ -306,7 +308,7 @@ def evaluate(archs: Sequence[str], variants: Sequence[str], shards: dict[str, cl
             pending[a, v] = [it for it in items if it not in done]
     skipped: dict[str, str] = {}
     bar = _progress(sum(len(p) for p in pending.values()), progress)
-    # Reading and decoding the next batch overlaps the models' work on this one.
+    # Reading, decoding and preprocessing the next batch overlaps the models' work on this one.
     pool = ThreadPoolExecutor(1, thread_name_prefix="dclsviz-read")
     try:
         with store:
@@ -330,19 +332,24 @@ def evaluate(archs: Sequence[str], variants: Sequence[str], shards: dict[str, cl
                 for v, lm in loaded.items():
                     record.check_checkpoint(lm.entry.id, lm.provenance()["checkpoint_sha256"])
                 engines = {v: CamEngine(lm) for v, lm in loaded.items()}
+                transforms = list(dict.fromkeys(lm.entry.transform for lm in loaded.values()))
                 union = [it for it in items if any(it in t for t in todo.values())]
                 batches = list(_batches(union, batch_size))
-                future = pool.submit(_read_samples, shards, batches[0]) if batches else None
+                future = pool.submit(_read_batch, shards, batches[0], transforms) if batches else None
                 for k, batch in enumerate(batches):
-                    samples = future.result()
+                    samples, prepared = future.result()
                     if k + 1 < len(batches):
-                        future = pool.submit(_read_samples, shards, batches[k + 1])
+                        future = pool.submit(_read_batch, shards, batches[k + 1], transforms)
                     rows = []
                     for v, lm in loaded.items():
                         idx = [i for i, it in enumerate(batch) if it in todo[v]]
                         if not idx:
                             continue
-                        outs = explain_batch(lm, [samples[i] for i in idx], TARGET, threshold, geometry, engines[v])
+                        x, windows = prepared[lm.entry.transform]
+                        if len(idx) < len(batch):  # a resumed run: this model already has some of the batch
+                            x, windows = x[idx], [windows[i] for i in idx]
+                        outs = explain_batch(lm, [samples[i] for i in idx], TARGET, threshold, geometry, engines[v],
+                                             inputs=(x, windows))
                         rows.extend(output_row(arch, v, batch[i], samples[i].label, o) for i, o in zip(idx, outs))
                     store.append(rows)
                     bar.update(len(rows))
