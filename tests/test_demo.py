@@ -81,7 +81,6 @@ def test_shipped_weights_resolve_as_bundled_and_load_strictly(variant):
 
 def test_shard_reads_back_in_clickme_format(shard, meta):
     assert len(shard) == meta["shard"]["records"] >= 96
-    labels = []
     for rec in (shard[0], shard[len(shard) - 1]):
         assert rec.image_u8().shape == (data.SIZE, data.SIZE, 3)
         assert rec.heatmap_u8().shape == (data.SIZE, data.SIZE)

@@ -38,7 +38,7 @@ STEPS = 1200
 BATCH = 32
 LR = 2e-3
 WEIGHT_DECAY = 0.05
-WARMUP = 40
+WARMUP = 60
 LABEL_SMOOTHING = 0.0
 THREADS = 2
 _GOLDEN = (5 ** 0.5 - 1) / 2
@@ -107,19 +107,13 @@ def training_set(transform: Transform, seed: int, n: int, log: Log) -> tuple[tor
 
 
 def _dihedral(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Each image of the batch turned by a random quarter turn and maybe mirrored.
-
-    Every class is drawn at any rotation and its mirror image is the same class, so these 8 variants
-    of a sample are new samples of its class.
-    """
-    ops = torch.randint(0, 8, (x.shape[0],), generator=g)
-    out = torch.empty_like(x)
-    for op in range(8):
-        sel = ops == op
-        if sel.any():
-            v = torch.rot90(x[sel], op % 4, (2, 3))
-            out[sel] = v.flip(3) if op >= 4 else v
-    return out
+    # Every class is drawn at any rotation and its mirror image is the same class, so the 8 quarter
+    # turns and mirrors of a batch are new samples of the same classes.
+    k = int(torch.randint(0, 4, (1,), generator=g))
+    x = torch.rot90(x, k, (2, 3))
+    if int(torch.randint(0, 2, (1,), generator=g)):
+        x = x.flip(3)
+    return x
 
 
 def _param_groups(model: nn.Module) -> list[dict]:
