@@ -186,19 +186,18 @@ def evaluate(entry: ModelEntry, shard_path: Path, checkpoint: Optional[Path] = N
     ``checkpoint`` None: the entry's own (bundled) file. Grad-CAM explains each record's label.
     """
     from .. import metrics, models
-    from ..cam import CamEngine
     from ..clickme import ClickMeShard
+    from ..compare import Sample, explain_batch
 
+    # the app's own data path, so the reported quality is what a user of the app sees
     loaded = models.load(entry, checkpoint, device=torch.device("cpu"), download=False)
-    engine = CamEngine(loaded)
     shard = ClickMeShard(shard_path)
     correct, rhos = 0, []
     for lo in range(0, len(shard), batch):
-        recs = [shard[i] for i in range(lo, min(len(shard), lo + batch))]
-        labels = [r.label for r in recs]
-        cam = engine.explain(preprocess(entry.transform, [r.image_u8() for r in recs]), targets=labels)
-        correct += int((cam.logits.argmax(1) == np.array(labels)).sum())
-        rhos += [metrics.spearman(cam.gradcam[i], r.human_map()) for i, r in enumerate(recs)]
+        samples = [Sample.from_clickme(shard[i]) for i in range(lo, min(len(shard), lo + batch))]
+        for s, out in zip(samples, explain_batch(loaded, samples, target="label")):
+            correct += int(int(out.logits.argmax()) == s.label)
+            rhos.append(out.scores["gradcam"]["spearman"])
     summary = metrics.summarise(rhos)
     return {"n": len(shard), "accuracy": correct / max(len(shard), 1), "spearman_mean": summary["mean"],
             "spearman_undefined": summary["n_undefined"]}
