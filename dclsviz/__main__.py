@@ -57,7 +57,7 @@ def cmd_explain(args) -> int:
     else:
         sample = Sample.from_image(images.load_image(args.image), name=str(args.image))
     if human_raw is not None:  # a user's map replaces the record's own
-        sample.human = human.human_map(human_raw)
+        sample.human = human.user_map(human_raw)
     target = args.target
     if isinstance(target, str) and target not in ("pred", "label"):
         target = class_index(target, entry.class_names)
@@ -108,12 +108,6 @@ def cmd_models(args) -> int:
     return 0
 
 
-def cmd_demo(args) -> int:
-    from .demo import train
-
-    return train.main(args.rest)
-
-
 def build_parser() -> argparse.ArgumentParser:
     from .cam import DEFAULT_THRESHOLD
     from .geometry import GEOMETRIES
@@ -148,9 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_evaluate(sub)
 
+    from .demo import train as demo_train
+
     d = sub.add_parser("demo", help="the offline demo pair: `demo train` regenerates it")
-    d.add_argument("rest", nargs=argparse.REMAINDER)
-    d.set_defaults(func=cmd_demo)
+    t = d.add_subparsers(dest="demo_command", required=True).add_parser(
+        "train", help=demo_train.DESCRIPTION, description=demo_train.DESCRIPTION)
+    demo_train.add_arguments(t).set_defaults(func=demo_train.run)
     return p
 
 

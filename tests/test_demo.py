@@ -153,10 +153,15 @@ def test_shipped_model_meets_the_quality_bar(variant, shard, meta):
     assert abs(recorded["spearman_mean"] - rho) < 0.01
 
 
-def test_train_smoke_writes_files_that_load_strictly(tmp_path):
+def test_train_command_smoke_writes_files_that_load_strictly(tmp_path, capsys):
+    from dclsviz.__main__ import main
+
     out = tmp_path / "demo"
-    meta = train.train(out, seed=1, steps=2, n_train=16, n_val=4, log=lambda s: None)
-    assert json.loads((out / META.name).read_text()) == meta
+    assert main(["demo", "train", "--out", str(out), "--seed", "1", "--steps", "2", "--n-train", "16",
+                 "--n-val", "4"]) == 0
+    assert "done in" in capsys.readouterr().out
+    meta = json.loads((out / META.name).read_text())
+    assert meta["seed"] == 1 and meta["training"]["steps"] == 2 and meta["training"]["n_train"] == 16
     assert len(ClickMeShard(out / SHARD.name)) == 4
     for variant in zoo.VARIANTS:
         entry = zoo.get("demo", variant)

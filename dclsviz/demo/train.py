@@ -44,6 +44,7 @@ THREADS = 2
 _GOLDEN = (5 ** 0.5 - 1) / 2
 
 Log = Callable[[str], None]
+DESCRIPTION = "Train the offline demo pair on CPU and write its assets (weights, shard, metadata)."
 
 
 # --- the eval transform, as the study's torchvision Compose applies it ----------------------------
@@ -282,15 +283,23 @@ def train(out_dir: Path = DEFAULT_OUT, *, seed: int = 0, log: Log = print, steps
     return meta
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dclsviz demo train",
-                                description="Train the offline demo pair on CPU and write its assets.")
+def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=STEPS, help="optimiser steps per model")
-    args = p.parse_args(argv)
-    train(args.out, seed=args.seed, steps=args.steps)
+    p.add_argument("--n-train", type=int, default=N_TRAIN, help="generated training images")
+    p.add_argument("--n-val", type=int, default=N_VAL, help="records of the held-out shard")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    train(args.out, seed=args.seed, steps=args.steps, n_train=args.n_train, n_val=args.n_val)
     return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = add_arguments(argparse.ArgumentParser(prog="python -m dclsviz demo train", description=DESCRIPTION))
+    return run(p.parse_args(argv))
 
 
 if __name__ == "__main__":
