@@ -27,6 +27,11 @@ from dclsviz.cam import CamEngine, combine  # noqa: E402
 from dclsviz.compare import Sample, compare  # noqa: E402
 
 
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def timed(fns: dict, repeats: int) -> dict:
     """Median time of each function, measured in interleaved rounds so that load drifts hit all alike."""
     for fn in fns.values():
@@ -34,8 +39,10 @@ def timed(fns: dict, repeats: int) -> dict:
     ts = {k: [] for k in fns}
     for _ in range(repeats):
         for k, fn in fns.items():
+            _sync()
             t = time.perf_counter()
             fn()
+            _sync()  # CUDA work is asynchronous: time it to its end
             ts[k].append(time.perf_counter() - t)
     return {k: statistics.median(v) for k, v in ts.items()}
 

@@ -2,7 +2,8 @@
 
 Resolution order for a zoo entry: an explicit path; ``DCLSVIZ_CHECKPOINT_DIR`` (or the CLI's
 ``--checkpoint-dir``) holding the published file name; our cache; torch.hub's cache, where the
-paper's own code leaves the files; and only then a download from the paper's URLs.
+paper's own code leaves the files; huggingface_hub's cache for hub-hosted weights; and only then a download
+from the paper's URLs.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class CheckpointMismatch(CheckpointError):
 @dataclass(frozen=True)
 class ResolvedCheckpoint:
     path: Path
-    origin: str  # "explicit", "checkpoint-dir", "cache", "torch-hub", "downloaded"
+    origin: str  # "explicit", "bundled", "checkpoint-dir", "cache", "torch-hub", "huggingface-cache", "downloaded"
     sha256: str
 
 
@@ -57,6 +58,34 @@ def _torch_hub_path(entry: ModelEntry) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / entry.checkpoint.file_name
 
 
+HF_PREFIX = "hf-hub:"
+HF_FILE = "model.safetensors"
+
+
+def _hf_repos(entry: ModelEntry) -> list[str]:
+    return [u[len(HF_PREFIX):] for u in entry.checkpoint.urls if u.startswith(HF_PREFIX)]
+
+
+def _hf_cache_path(repo: str) -> Path:
+    # beside our other checkpoints, under the repo's name: the hub file is not the published file_name
+    return cache_dir() / "hf" / repo.replace("/", "--") / HF_FILE
+
+
+def _hf_hub_cached(repo: str) -> Optional[Path]:
+    """The file in huggingface_hub's own cache, where timm leaves it, without any network access."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    hit = try_to_load_from_cache(repo, HF_FILE)
+    return Path(hit) if isinstance(hit, str) else None
+
+
+def hf_resolve_url(repo: str) -> str:
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    return f"{endpoint}/{repo}/resolve/main/{HF_FILE}"
+
+
 def local_candidates(entry: ModelEntry, checkpoint_dir: Optional[Path] = None) -> list[tuple[str, Path]]:
     name = entry.checkpoint.file_name
     found = []
@@ -65,6 +94,11 @@ def local_candidates(entry: ModelEntry, checkpoint_dir: Optional[Path] = None) -
         if folder is not None:
             found.append((origin, Path(folder) / name))
     found.append(("torch-hub", _torch_hub_path(entry)))
+    for repo in _hf_repos(entry):
+        found.append(("cache", _hf_cache_path(repo)))
+        hub = _hf_hub_cached(repo)
+        if hub is not None:
+            found.append(("huggingface-cache", hub))
     return found
 
 
@@ -76,21 +110,22 @@ def find_local(entry: ModelEntry, checkpoint_dir: Optional[Path] = None) -> Opti
 
 
 def how_to_get(entry: ModelEntry) -> str:
-    urls = ", ".join(u for u in entry.checkpoint.urls)
-    return (f"{entry.id} needs {entry.checkpoint.file_name}: download it from {urls} and put it in "
+    urls = ", ".join(u for u in entry.checkpoint.urls if not u.startswith(HF_PREFIX))
+    hub = "".join(f" (the same weights as safetensors: {hf_resolve_url(r)}, use it with --checkpoint PATH)"
+                  for r in _hf_repos(entry))
+    return (f"{entry.id} needs {entry.checkpoint.file_name}: download it from {urls}{hub} and put it in "
             f"{cache_dir()} or in a folder named by --checkpoint-dir / DCLSVIZ_CHECKPOINT_DIR, "
             f"or pass --checkpoint PATH.")
 
 
 def _fetch_from(url: str, dest: Path, progress: Optional[Progress], timeout) -> Path:
-    if url.startswith("hf-hub:"):
-        from huggingface_hub import hf_hub_download
-
-        repo = url[len("hf-hub:"):]
-        try:
-            return Path(hf_hub_download(repo, "model.safetensors", etag_timeout=timeout[0]))
-        except Exception as e:  # huggingface_hub raises many types, all meaning "not available"
-            raise DownloadError(f"{url}: {type(e).__name__}: {e}") from e
+    if url.startswith(HF_PREFIX):
+        # Our own fetch rather than hf_hub_download: the same timeouts, resume and progress as every other
+        # file, and no retry loop that keeps an offline user waiting for half a minute.
+        repo = url[len(HF_PREFIX):]
+        if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+            raise DownloadError(f"{url}: HF_HUB_OFFLINE is set")
+        url, dest = hf_resolve_url(repo), _hf_cache_path(repo)
     return fetch(url, dest, progress=progress, timeout=timeout)
 
 

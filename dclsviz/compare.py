@@ -43,7 +43,7 @@ class Sample:
     def from_image(cls, image: np.ndarray, human_raw: Optional[np.ndarray] = None, label: Optional[int] = None,
                    name: str = "") -> "Sample":
         """``human_raw``: a user's map of any size over the image; it goes through the ClickMe pipeline."""
-        return cls(image, None if human_raw is None else human.human_map(human_raw), label, name)
+        return cls(image, None if human_raw is None else human.user_map(human_raw), label, name)
 
     @property
     def sha256(self) -> str:
@@ -82,14 +82,24 @@ def resolve_target(spec: TargetSpec, sample: Sample) -> Optional[int]:
     return int(spec)
 
 
-def score_maps(maps: dict[str, np.ndarray], human_map: Optional[np.ndarray]) -> dict[str, dict]:
-    if human_map is None:
-        return {k: {"spearman": None, "ceiling": None, "dice": None, "iou": None} for k in maps}
-    names = list(maps)
-    rhos = metrics.spearman_many(np.stack([maps[k] for k in names]), human_map)
-    overlaps = metrics.dice_iou_many(np.stack([maps[k] for k in names]), human_map)
-    return {k: {"spearman": r, "ceiling": metrics.ceiling_normalised(r), "dice": d, "iou": i}
-            for k, r, (d, i) in zip(names, rhos, overlaps)}
+def score_batch(maps: Sequence[dict[str, np.ndarray]], humans: Sequence[Optional[np.ndarray]],
+                device=None) -> list[dict[str, dict]]:
+    """Spearman, ceiling-normalised ρ, Dice and IoU of every map of every image against its human map.
+
+    One call for a whole batch: the metric ranks all of its maps together, on ``device`` (the models').
+    """
+    out: list[dict[str, dict]] = [{k: {"spearman": None, "ceiling": None, "dice": None, "iou": None} for k in m}
+                                  for m in maps]
+    have = [i for i, h in enumerate(humans) if h is not None]
+    if not have:
+        return out
+    names = list(maps[have[0]])
+    ms = np.stack([np.stack([maps[i][k] for k in names]) for i in have])
+    hs = np.stack([humans[i] for i in have])
+    for i, rhos, overlaps in zip(have, metrics.spearman_pairs(ms, hs, device), metrics.dice_iou_pairs(ms, hs)):
+        out[i] = {k: {"spearman": r, "ceiling": metrics.ceiling_normalised(r), "dice": d, "iou": j}
+                  for k, r, (d, j) in zip(names, rhos, overlaps)}
+    return out
 
 
 def prepare_inputs(samples: Sequence[Sample], transform) -> tuple[torch.Tensor, list[geometry.Window]]:
@@ -116,17 +126,16 @@ def explain_batch(loaded: LoadedModel, samples: Sequence[Sample], target: Target
     start = time.perf_counter()
     x, windows = inputs if inputs is not None else prepare_inputs(samples, loaded.entry.transform)
     result = (engine or CamEngine(loaded)).explain(x, [resolve_target(target, s) for s in samples], threshold)
-    per_image = (time.perf_counter() - start) / len(samples)
     names = labels.class_names_for(loaded.entry)
-    outputs = []
-    for i, (s, w) in enumerate(zip(samples, windows)):
-        maps = {"gradcam": result.gradcam[i], "threshold_gradcam": result.threshold_gradcam[i]}
-        hmap = None if s.human is None else geometry.to_frame(s.human, w, geometry_name)
-        outputs.append(ModelOutput(loaded.provenance(), int(result.targets[i]), result.top5(i), result.logits[i],
-                                   maps, {"gradcam": result.gradcam_lowres[i],
-                                          "threshold_gradcam": result.threshold_lowres[i]},
-                                   hmap, w, score_maps(maps, hmap), per_image, names))
-    return outputs
+    maps = [{"gradcam": result.gradcam[i], "threshold_gradcam": result.threshold_gradcam[i]}
+            for i in range(len(samples))]
+    humans = [None if s.human is None else geometry.to_frame(s.human, w, geometry_name)
+              for s, w in zip(samples, windows)]
+    scores = score_batch(maps, humans, loaded.device)
+    per_image = (time.perf_counter() - start) / len(samples)
+    return [ModelOutput(loaded.provenance(), int(result.targets[i]), result.top5(i), result.logits[i], maps[i],
+                        {"gradcam": result.gradcam_lowres[i], "threshold_gradcam": result.threshold_lowres[i]},
+                        humans[i], windows[i], scores[i], per_image, names) for i in range(len(samples))]
 
 
 @dataclass

@@ -27,7 +27,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Optional, Sequence
 
 from tqdm import tqdm
 
@@ -35,6 +35,9 @@ from . import clickme, metrics, stats, zoo
 from .cam import DEFAULT_THRESHOLD
 from .compare import MAP_TITLES, MAPS, Sample, explain_batch, prepare_inputs, versions
 from .geometry import GEOMETRIES
+
+if TYPE_CHECKING:
+    from .models import LoadedModel
 
 TARGET = "label"  # the study explains the record's ground-truth class
 METRICS = ("spearman", "ceiling", "dice", "iou")
@@ -279,9 +282,13 @@ def _download_bar(name: str, enabled: bool):
 def evaluate(archs: Sequence[str], variants: Sequence[str], shards: dict[str, clickme.ClickMeShard],
              items: Sequence[Item], out: Path, *, geometry: str = "paper", threshold: float = DEFAULT_THRESHOLD,
              batch_size: int = DEFAULT_BATCH, device=None, checkpoint_dir: Optional[Path] = None,
-             download: bool = True, progress: bool = True, log=None) -> dict[str, str]:
+             download: bool = True, progress: bool = True, log=None,
+             on_progress: Optional[Callable[[int, int], None]] = None,
+             loader: Optional[Callable[[str, str], "LoadedModel"]] = None) -> dict[str, str]:
     """Append the missing rows of ``archs`` × ``variants`` × ``items`` to ``out/per_image.csv``.
 
+    ``on_progress(done, total)`` is called after each batch (rows this call has to compute).
+    ``loader(arch, variant)``: a ready model, e.g. from the app's pair cache; by default ``models.load``.
     Returns {arch: reason} for the architectures skipped because a checkpoint is unavailable.
     """
     import torch
@@ -320,8 +327,9 @@ def evaluate(archs: Sequence[str], variants: Sequence[str], shards: dict[str, cl
                 try:
                     for v in todo:
                         entry = zoo.get(arch, v)
-                        loaded[v] = load(entry, checkpoint_dir=checkpoint_dir, device=device, download=download,
-                                         progress=_download_bar(entry.checkpoint.file_name, progress))
+                        loaded[v] = loader(arch, v) if loader is not None else load(
+                            entry, checkpoint_dir=checkpoint_dir, device=device, download=download,
+                            progress=_download_bar(entry.checkpoint.file_name, progress))
                 except CheckpointError as e:
                     skipped[arch] = str(e)
                     log(f"skipping {arch}: {e}")
@@ -353,6 +361,8 @@ def evaluate(archs: Sequence[str], variants: Sequence[str], shards: dict[str, cl
                         rows.extend(output_row(arch, v, batch[i], samples[i].label, o) for i, o in zip(idx, outs))
                     store.append(rows)
                     bar.update(len(rows))
+                    if on_progress is not None:
+                        on_progress(bar.n, bar.total)
                 del loaded, engines
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
@@ -511,6 +521,38 @@ def _shard_paths(args) -> list[Path]:
     return found
 
 
+def write_report(out: Path, archs: Sequence[str], variants: Sequence[str], shards: dict[str, clickme.ClickMeShard],
+                 items: Sequence[Item], *, geometry: str, threshold: float, limit: Optional[int] = None,
+                 skipped: Optional[dict] = None, n_resamples: int = stats.N_RESAMPLES, seed: int = stats.SEED) -> dict:
+    """summary.json, table1.txt and scatter.png of ``out``'s rows for these models and items; returns the summary."""
+    record = RunRecord(out, geometry, threshold)
+    result = summarise(ResultStore(out / CSV_NAME).rows, archs, variants, items, n_resamples=n_resamples, seed=seed)
+    summary = {"geometry": geometry, "threshold": threshold, "target": TARGET,
+               "human_ceiling": metrics.HUMAN_CEILING, "n_items": len(items),
+               "shards": {name: str(s.path.resolve()) for name, s in shards.items()}, "limit": limit,
+               "archs": list(archs), "variants": list(variants), "skipped": dict(skipped or {}),
+               "checkpoints": {k: sha for k, sha in record.checkpoints.items()
+                               if k.rsplit(".", 1)[0] in archs and k.rsplit(".", 1)[1] in variants},
+               **result, "versions": versions()}
+    _write_json(out / SUMMARY_NAME, summary)
+    (out / TABLE_NAME).write_text(table1(result["models"], archs) + "\n")
+    scatter(result["models"], out / SCATTER_NAME, f"{len(items)} images, {geometry} geometry, threshold {threshold}")
+    return summary
+
+
+def paired_lines(paired: dict) -> list[str]:
+    """One line per arch and map: Δρ (DCLS − baseline), its bootstrap CI, Wilcoxon p, number of pairs."""
+    lines = []
+    for a, per_map in paired.items():
+        for m, s in per_map.items():
+            ci = f"[{s['ci'][0]:+.4f}, {s['ci'][1]:+.4f}]" if s["ci"] else "-"
+            p = f"{s['wilcoxon']['p']:.3g}" if s["wilcoxon"]["p"] is not None else "-"
+            mean = f"{s['mean_delta']:+.4f}" if s["mean_delta"] is not None else "-"
+            lines.append(f"{a} {MAP_TITLES[m]}: Δρ (DCLS − baseline) {mean}, 95% CI {ci}, Wilcoxon p {p}, "
+                         f"{s['n_pairs']} pairs")
+    return lines
+
+
 def run(args) -> int:
     archs = list(zoo.PAPER_ARCHS) if args.all else [a.strip() for a in args.arch.split(",") if a.strip()]
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -525,29 +567,12 @@ def run(args) -> int:
     skipped = evaluate(archs, variants, shards, items, out, geometry=args.geometry, threshold=args.threshold,
                        batch_size=args.batch_size, device=args.device, checkpoint_dir=args.checkpoint_dir,
                        download=not args.no_download, progress=not args.no_progress)
-    record = RunRecord(out, args.geometry, args.threshold)
-    result = summarise(ResultStore(out / CSV_NAME).rows, archs, variants, items, n_resamples=args.resamples,
-                       seed=args.seed)
-    summary = {"geometry": args.geometry, "threshold": args.threshold, "target": TARGET,
-               "human_ceiling": metrics.HUMAN_CEILING, "n_items": len(items),
-               "shards": {name: str(s.path.resolve()) for name, s in shards.items()}, "limit": args.limit,
-               "archs": archs, "variants": variants, "skipped": skipped,
-               "checkpoints": {k: sha for k, sha in record.checkpoints.items()
-                               if k.rsplit(".", 1)[0] in archs and k.rsplit(".", 1)[1] in variants},
-               **result, "versions": versions()}
-    _write_json(out / SUMMARY_NAME, summary)
-    table = table1(result["models"], archs)
-    (out / TABLE_NAME).write_text(table + "\n")
-    scatter(result["models"], out / SCATTER_NAME,
-            f"{len(items)} images, {args.geometry} geometry, threshold {args.threshold}")
-    print(f"Alignment with human maps (ceiling-normalised Spearman, {len(items)} images)\n{table}")
-    for a, per_map in result["paired"].items():
-        for m, s in per_map.items():
-            ci = f"[{s['ci'][0]:+.4f}, {s['ci'][1]:+.4f}]" if s["ci"] else "-"
-            p = f"{s['wilcoxon']['p']:.3g}" if s["wilcoxon"]["p"] is not None else "-"
-            mean = f"{s['mean_delta']:+.4f}" if s["mean_delta"] is not None else "-"
-            print(f"{a} {MAP_TITLES[m]}: Δρ (DCLS − baseline) {mean}, 95% CI {ci}, Wilcoxon p {p}, "
-                  f"{s['n_pairs']} pairs")
+    summary = write_report(out, archs, variants, shards, items, geometry=args.geometry, threshold=args.threshold,
+                           limit=args.limit, skipped=skipped, n_resamples=args.resamples, seed=args.seed)
+    print(f"Alignment with human maps (ceiling-normalised Spearman, {len(items)} images)\n"
+          f"{table1(summary['models'], archs)}")
+    for line in paired_lines(summary["paired"]):
+        print(line)
     print(f"wrote {out}")
     if skipped:
         print(f"skipped, checkpoint unavailable or unreadable (see above): {', '.join(skipped)}", file=sys.stderr)

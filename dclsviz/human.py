@@ -194,3 +194,15 @@ def human_map(heatmap: np.ndarray) -> np.ndarray:
     256->64 step is the reference's, other sizes go through the same unantialiased resize.
     """
     return human_map_stages(heatmap)[2]
+
+
+def user_map(heatmap: np.ndarray) -> np.ndarray:
+    """A user's map (any size) as ``human_map`` makes it, except that a constant map stays constant.
+
+    The reference's zero-padded blur would darken a constant map's borders and so invent a centre-over-edge
+    ranking the user never drew; kept constant, its Spearman's rho is undefined, as it should be.
+    """
+    h = to_gray(heatmap)
+    if h.size and np.all(np.isfinite(h)) and float(h.min()) == float(h.max()):
+        return np.full((SIZE_IMAGE, SIZE_IMAGE), float(h.flat[0]), np.float32)
+    return human_map(heatmap)

@@ -70,7 +70,8 @@ class Server:
 def app_env(home: Path, port: int) -> dict:
     """An isolated, offline app: no cached paper checkpoints can be found, nothing is downloaded."""
     env = {k: v for k, v in os.environ.items()
-           if k not in ("DCLSVIZ_CHECKPOINT_DIR", "DCLSVIZ_DEFAULT_ARCH", "GRADIO_SERVER_NAME", "GRADIO_SERVER_PORT")}
+           if k not in ("DCLSVIZ_CHECKPOINT_DIR", "DCLSVIZ_DEFAULT_ARCH", "DCLSVIZ_REVIEW_DB", "GRADIO_SERVER_NAME",
+                        "GRADIO_SERVER_PORT")}
     env.update(DCLSVIZ_HOST="127.0.0.1", DCLSVIZ_PORT=str(port), DCLSVIZ_OFFLINE="1",
                DCLSVIZ_CACHE=str(home / "cache"), TORCH_HOME=str(home / "torch"),
                DCLSVIZ_CLICKME_DIR=str(home / "clickme"), GRADIO_TEMP_DIR=str(home / "gradio"),
@@ -79,38 +80,50 @@ def app_env(home: Path, port: int) -> dict:
     return env
 
 
-@pytest.fixture(scope="session")
-def app_server(tmp_path_factory) -> Server:
-    """`python app.py` in a subprocess on a free port, serving the demo pair."""
+def start_server(home: Path, timeout: float = 180.0) -> Server:
+    """`python app.py` in a subprocess on a free port, with ``home`` holding its cache and data."""
     require_demo_assets()
-    home = tmp_path_factory.mktemp("app_home")
     port = free_port()
     log = home / "server.log"
-    with open(log, "w") as out:
+    with open(log, "a") as out:
         proc = subprocess.Popen([sys.executable, str(REPO / "app.py")], cwd=REPO, env=app_env(home, port),
                                 stdout=out, stderr=subprocess.STDOUT)
     server = Server(f"http://127.0.0.1:{port}/", proc, log, home)
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + timeout
     try:
         while True:
             server.assert_alive()
             try:
                 with urllib.request.urlopen(server.url, timeout=5) as r:
                     if r.status == 200:
-                        break
+                        return server
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                pytest.fail(f"the app did not start within 180 s:\n{server.log_tail()}", pytrace=False)
+                pytest.fail(f"the app did not start within {timeout:.0f} s:\n{server.log_tail()}", pytrace=False)
             time.sleep(0.5)
+    except BaseException:
+        stop_server(server)
+        raise
+
+
+def stop_server(server: Server) -> None:
+    server.proc.terminate()
+    try:
+        server.proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        server.proc.kill()
+        server.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def app_server(tmp_path_factory) -> Server:
+    """The app serving the demo pair, shared by every test of the session."""
+    server = start_server(tmp_path_factory.mktemp("app_home"))
+    try:
         yield server
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_server(server)
 
 
 def make_client(server: Server, download_dir: Path):

@@ -6,6 +6,9 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# The device the model tests run on: cpu here and in CI; `DCLSVIZ_TEST_DEVICE=cuda` checks the GPU path
+# against the same goldens and tolerances.
+TEST_DEVICE = os.environ.get("DCLSVIZ_TEST_DEVICE", "cpu")
 
 
 @pytest.fixture(scope="session")

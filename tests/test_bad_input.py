@@ -50,9 +50,10 @@ def test_convertible_photo_is_used_and_the_conversion_said(client, tmp_path, kin
     still_serving(client)
 
 
-def test_constant_human_map_gives_undefined_rho_and_says_why(client, tmp_path):
+@pytest.mark.parametrize("level", [0, 200])
+def test_constant_human_map_gives_undefined_rho_and_says_why(client, tmp_path, level):
     w, h = Image.open(EXAMPLES[0]).size
-    flat = write_map(tmp_path / "flat.png", np.zeros((h, w), np.uint8))
+    flat = write_map(tmp_path / "flat.png", np.full((h, w), level, np.uint8))
     manifest, _, _ = compare(client, source="upload", image=EXAMPLES[0], human=flat)
     assert manifest["has_human_map"]
     assert any("constant" in n and "Spearman" in n for n in manifest["notes"]), manifest["notes"]

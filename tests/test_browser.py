@@ -125,3 +125,50 @@ def test_bad_upload_and_missing_checkpoint_leave_the_page_working(page, tmp_path
     assert page.locator("#arch input").input_value() == "demo"
     assert all("no human map" in page.locator(f"#rho-{v}-{m}").inner_text() for v in VARIANTS for m in MAPS)
     assert EXAMPLES[0].name in page.locator("#summary").inner_text()
+
+
+def test_review_session_blind_verdicts_and_reveal(page):
+    page.get_by_role("tab", name="Review").click()
+    page.get_by_text("New session").click()
+    page.locator("#rv-name textarea, #rv-name input").first.fill("browser-review")
+    page.locator("#rv-create").click()
+    page.wait_for_function("() => /item 1 of 20/.test(document.querySelector('#rv-progress').innerText)")
+    for side in ("A", "B"):
+        for m in MAPS:
+            page.wait_for_selector(f"#rv-{side}-{m} img")
+    page.wait_for_selector("#rv-human img")
+    # blind: no model name and no score anywhere on the review panel
+    panel = page.locator("#rv-progress").inner_text()
+    assert "DCLS" not in panel and "ρ" not in panel
+    first = page.locator("#rv-A-gradcam img").get_attribute("src")
+    page.locator("#rv-note textarea, #rv-note input").first.fill("A follows the outline")
+    page.locator("#rv-A").click()
+    page.wait_for_function("() => /item 2 of 20 · 1 judged/.test(document.querySelector('#rv-progress').innerText)")
+    assert page.locator("#rv-A-gradcam img").get_attribute("src") != first
+    assert page.locator("#rv-note textarea, #rv-note input").first.input_value() == ""
+    page.locator("#rv-tie").click()
+    page.wait_for_function("() => /item 3 of 20 · 2 judged/.test(document.querySelector('#rv-progress').innerText)")
+    page.locator("#rv-reveal").click()
+    page.wait_for_function("() => /2 verdicts/.test(document.querySelector('#rv-reveal-text').innerText)")
+    text = page.locator("#rv-reveal-text").inner_text()
+    assert "DCLS preferred" in text and "tie 1" in text
+    page.wait_for_selector("#rv-csv", state="visible")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "screenshot_review.png"), full_page=True)
+
+
+def test_dataset_tab_table_plot_and_rows(page):
+    page.get_by_role("tab", name="Dataset").click()
+    page.locator("#ds-n input[type=number]").fill("24")
+    page.locator("#ds-n input[type=number]").press("Enter")
+    page.locator("#ds-run").click()
+    page.wait_for_selector("#ds-plot img")
+    page.wait_for_function("() => /first \\*?\\*?24/.test(document.querySelector('#ds-headline').innerText)")
+    summary = page.locator("#ds-summary").inner_text()
+    assert "Threshold-Grad-CAM" in summary and re.search(r"0\.\d{3}", summary)
+    assert "Wilcoxon" in page.locator("#ds-paired").inner_text() or re.search(r"[+-]0\.\d{4}",
+                                                                             page.locator("#ds-paired").inner_text())
+    assert page.locator("#ds-rows").inner_text().count("demo_val.tfrecords:") >= 10
+    page.wait_for_selector("#ds-download", state="visible")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "screenshot_dataset.png"), full_page=True)

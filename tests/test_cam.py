@@ -11,6 +11,7 @@ import torch
 
 from dclsviz import dcls, models, zoo
 from dclsviz.cam import CamEngine, combine
+from conftest import TEST_DEVICE
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +19,7 @@ def live_and_frozen():
     torch.manual_seed(0)
     entry = zoo.get("convnext_tiny", "dcls")
     live = models.build(entry)
-    frozen = models.load(entry, state_dict=live.state_dict(), device="cpu")
+    frozen = models.load(entry, state_dict=live.state_dict(), device=TEST_DEVICE)
     return entry, live, frozen
 
 
@@ -28,7 +29,7 @@ def test_frozen_dcls_gives_the_live_logits(live_and_frozen):
     x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         a = live(x)
-        b = frozen.model(x.contiguous(memory_format=torch.channels_last))
+        b = frozen.model(x.to(frozen.device).contiguous(memory_format=torch.channels_last)).cpu()
     assert torch.allclose(a, b, rtol=0, atol=2e-5), (a - b).abs().max()
     assert torch.equal(a.argmax(1), b.argmax(1))
 
@@ -93,7 +94,7 @@ def test_nothing_leaks_across_calls(live_and_frozen):
     assert all(p.grad is None and not p.requires_grad for p in frozen.model.parameters())
     assert isinstance(r.gradcam, np.ndarray)
     with torch.no_grad():  # an ordinary forward afterwards is untouched by CAM machinery
-        y = frozen.model(x.contiguous(memory_format=torch.channels_last))
+        y = frozen.model(x.to(frozen.device).contiguous(memory_format=torch.channels_last)).cpu()
     assert not y.requires_grad and torch.allclose(y[0], torch.from_numpy(r.logits[0]), atol=1e-5)
 
 

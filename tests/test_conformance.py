@@ -17,6 +17,7 @@ import torch
 
 from dclsviz import checkpoints, models, zoo
 from dclsviz.cam import CamEngine
+from conftest import TEST_DEVICE
 
 IDS = [e.id for e in zoo.entries() if e.arch != "demo"]
 
@@ -90,7 +91,7 @@ def test_checkpoint_loads_and_matches_goldens(id_, kit, fake, cache):
         assert len(man["dcls"]["layers"]) == sum(1 for _ in __import__("dclsviz.dcls").dcls.dcls_layers(live))
     del live, raw
 
-    loaded = models.load(entry, device="cpu", download=False)
+    loaded = models.load(entry, device=TEST_DEVICE, download=False)
     assert loaded.checkpoint.origin == "cache"
     assert not any(p.requires_grad for p in loaded.model.parameters())
     target.unlink()
@@ -125,7 +126,7 @@ def test_wrong_checkpoint_is_named(kit, fake, cache):
     path = cache / man["file_name"]
     fake.write_checkpoint(man, str(path), seed=0)
     with pytest.raises(checkpoints.CheckpointMismatch, match=r"unexpected .*P.*baseline checkpoint of convnext_tiny"):
-        models.load(zoo.get("convnext_tiny", "baseline"), path, device="cpu")
+        models.load(zoo.get("convnext_tiny", "baseline"), path, device=TEST_DEVICE)
 
 
 def test_timm_train_container_needs_the_ema_entry(kit, fake, cache):
@@ -173,8 +174,8 @@ def test_checkpoint_dir_and_safetensors(kit, fake, cache, monkeypatch):
     assert r.origin == "checkpoint-dir" and r.path == folder / man["file_name"]
     st = cache / "model.safetensors"
     fake.write_checkpoint(man, str(st), seed=0, fmt="safetensors")
-    a = models.load(zoo.get("resnet50", "baseline"), st, device="cpu")
-    b = models.load(zoo.get("resnet50", "baseline"), r.path, device="cpu")
-    x = torch.from_numpy(np.load(kit / "input_224.npy"))
+    a = models.load(zoo.get("resnet50", "baseline"), st, device=TEST_DEVICE)
+    b = models.load(zoo.get("resnet50", "baseline"), r.path, device=TEST_DEVICE)
+    x = torch.from_numpy(np.load(kit / "input_224.npy")).to(a.device)
     with torch.no_grad():
         assert torch.equal(a.model(x), b.model(x))

@@ -164,3 +164,21 @@ def test_decode_gray_of_colour_jpeg_and_rgb_of_gray_jpeg():
     assert human.decode_jpeg(simplejpeg.encode_jpeg(rgb, quality=90), gray=True).shape == (32, 48)
     g = simplejpeg.encode_jpeg(rgb[..., :1].copy(), quality=90, colorspace="GRAY")
     assert human.decode_jpeg(g, gray=False).shape == (32, 48, 3)
+
+
+@pytest.mark.parametrize("level", [0.0, 1.0, 255.0])
+def test_a_constant_user_map_stays_constant_so_rho_is_undefined(level):
+    from dclsviz import metrics
+
+    raw = np.full((300, 200), level, np.float32)
+    got = human.user_map(raw)
+    assert got.shape == (224, 224) and got.dtype == np.float32 and np.all(got == level)
+    # the reference pipeline would have made up a border-to-centre ranking out of nothing
+    assert human.human_map(raw).min() < level or level == 0.0
+    assert metrics.spearman(np.random.default_rng(0).random((224, 224)), got) is None
+
+
+def test_a_user_map_with_content_goes_through_the_reference_pipeline():
+    raw = np.zeros((120, 160), np.uint8)
+    raw[30:70, 50:110] = 255
+    np.testing.assert_array_equal(human.user_map(raw), human.human_map(raw))

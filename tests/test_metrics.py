@@ -8,9 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.stats
+import torch
 
 from dclsviz import metrics
 from dclsviz.clickme import ClickMeShard
+from conftest import TEST_DEVICE
 
 
 @pytest.fixture(scope="module")
@@ -149,3 +151,23 @@ def test_accepts_torch_tensors_and_rejects_mismatched_shapes():
         metrics.spearman(np.zeros((8, 9)), h)
     with pytest.raises(ValueError, match="top"):
         metrics.dice_iou(h, h, top=1.5)
+
+
+@pytest.mark.parametrize("device", sorted({"cpu", TEST_DEVICE}))
+def test_ranking_paths_agree_with_scipy_exactly(device):
+    """The NumPy ranking (CPU) and the torch one (used on the models' GPU) give scipy's average ranks."""
+    from scipy.stats import rankdata
+
+    rng = np.random.default_rng(3)
+    low = rng.random((6, 1, 8, 8)).astype(np.float32) - 0.4
+    rows = torch.nn.functional.interpolate(torch.from_numpy(low), size=(224, 224), mode="bilinear",
+                                           align_corners=False).relu().reshape(6, -1).numpy()  # many ties at 0
+    rows[5] = np.round(rows[5], 2)
+    want = np.stack([rankdata(r) - rankdata(r).mean() for r in rows])
+    np.testing.assert_array_equal(metrics._centred_ranks_block(rows), want)
+    np.testing.assert_array_equal(metrics._centred_ranks_torch(torch.from_numpy(rows).to(device)).cpu().numpy(),
+                                  want)
+    human = rows[0].reshape(224, 224)
+    np.testing.assert_allclose(metrics.spearman_pairs(rows[None, 1:].reshape(1, 5, 224, 224), human[None],
+                                                      device)[0],
+                               metrics.spearman_many(rows[1:].reshape(5, 224, 224), human), rtol=0, atol=1e-12)

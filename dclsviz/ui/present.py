@@ -106,13 +106,16 @@ class Exports:
 
     def write(self, c: Comparison, names, alpha: float, cmap: str, arch: str) -> str:
         data = render.export_bundle(c, names, alpha, cmap)
-        self.folder.mkdir(parents=True, exist_ok=True)
         stem = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in Path(c.sample.name or "upload").name)
-        d = Path(tempfile.mkdtemp(dir=self.folder))
-        path = d / f"dclsviz_{arch}_{stem[:60]}.zip"
+        path = self.new_folder() / f"dclsviz_{arch}_{stem[:60]}.zip"
         path.write_bytes(data)
-        self._prune()
         return str(path)
+
+    def new_folder(self) -> Path:
+        """A folder of its own for one download, so concurrent users never overwrite each other's files."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._prune()
+        return Path(tempfile.mkdtemp(dir=self.folder))
 
     def _prune(self) -> None:
         cutoff = time.time() - self.keep_s

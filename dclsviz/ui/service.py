@@ -19,6 +19,7 @@ import numpy as np
 
 from .. import checkpoints, clickme, geometry, images, labels, models, render, zoo
 from ..compare import Comparison, Sample, compare
+from ..download import cache_root
 
 try:  # registers the demo pair in the zoo
     from .. import demo as _demo
@@ -54,6 +55,9 @@ class AppConfig:
     device: Optional[str] = None
     clickme_dir: Optional[Path] = None
     export_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "dclsviz-exports")
+    # kept across restarts, so a Dataset run asked again only scores what is missing
+    evaluation_dir: Path = field(default_factory=lambda: cache_root() / "evaluations")
+    review_db: Optional[Path] = None  # None: review.db_path() ($DCLSVIZ_REVIEW_DB, else in the cache)
 
     @classmethod
     def from_env(cls) -> "AppConfig":
@@ -266,8 +270,7 @@ def upload_sample(image_file, human_file=None, editor=None) -> tuple[Sample, lis
         human_raw = painted
     if human_raw is not None and float(human_raw.min()) == float(human_raw.max()):
         notes.append(f"the human map is constant (every pixel {float(human_raw.min()):g}): it ranks no region "
-                     "above another, so Spearman's ρ against it carries no information (undefined for an "
-                     "all-zero map)")
+                     "above another, so Spearman's ρ against it is undefined")
     return Sample.from_image(image, human_raw, name=Path(path).name), notes
 
 
@@ -297,10 +300,16 @@ def _spaces_gpu():
     return spaces.GPU
 
 
-def _on_gpu(fn):
-    """ZeroGPU attaches a GPU only inside functions wrapped by ``spaces.GPU``; elsewhere a no-op."""
-    gpu = _spaces_gpu()
-    return gpu(duration=120)(fn) if gpu is not None else fn
+def on_gpu(duration: int = 120):
+    """ZeroGPU attaches a GPU only inside functions wrapped by ``spaces.GPU``; elsewhere a no-op.
+
+    ``duration``: the longest the call may hold the GPU, in seconds (ZeroGPU's quota unit).
+    """
+    def wrap(fn):
+        gpu = _spaces_gpu()
+        return gpu(duration=duration)(fn) if gpu is not None else fn
+
+    return wrap
 
 
 def target_spec(target, arch: str):
@@ -337,7 +346,7 @@ class CheckpointProblem(UserError):
         self.arch = arch
 
 
-@_on_gpu
+@on_gpu()
 def run_comparison(arch: str, sample: Sample, target, threshold: float, geometry_name: str, cfg: AppConfig,
                    progress: Optional[Progress] = None) -> Comparison:
     if geometry_name not in geometry.GEOMETRIES:

@@ -1,0 +1,149 @@
+"""The Dataset and Review tabs through the real server's endpoints (gradio_client), against the CLI and the
+review database file itself."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from app_fixtures import DEMO_SHARD, REPO, make_client, start_server, stop_server
+from dclsviz import review, zoo
+
+pytest_plugins = ["app_fixtures"]
+
+MAPS = ("gradcam", "threshold_gradcam")
+
+
+def _zip_files(path: str) -> dict[str, bytes]:
+    with zipfile.ZipFile(path) as z:
+        return {n: z.read(n) for n in z.namelist()}
+
+
+def _csv_rows(data: bytes) -> list[dict]:
+    return list(csv.DictReader(io.StringIO(data.decode("utf-8"))))
+
+
+def _cli_evaluate(tmp: Path, n: int) -> dict:
+    env = {**os.environ, "DCLSVIZ_CACHE": str(tmp / "cache")}
+    env.pop("DCLSVIZ_CHECKPOINT_DIR", None)
+    r = subprocess.run([sys.executable, "-m", "dclsviz", "evaluate", "--arch", "demo", "--demo", "--limit", str(n),
+                        "--device", "cpu", "--no-progress", "--out", str(tmp / "run")], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return json.loads((tmp / "run" / "summary.json").read_text())
+
+
+def test_dataset_endpoint_equals_the_cli_and_reuses_rows(client, tmp_path):
+    summary, bundle = client.predict("demo", "", 12, "paper", 0.3, api_name="/evaluate")
+    ref = _cli_evaluate(tmp_path, 12)
+    assert summary["n_items"] == ref["n_items"] == 12
+    for v in zoo.VARIANTS:
+        got, want = summary["models"]["demo"][v], ref["models"]["demo"][v]
+        assert got["top1_accuracy"] == want["top1_accuracy"]
+        for m in MAPS:
+            assert got[m]["n_defined"] == want[m]["n_defined"]
+            assert got[m]["mean_spearman"] == pytest.approx(want[m]["mean_spearman"], abs=1e-6)
+    for m in MAPS:
+        assert summary["paired"]["demo"][m]["n_pairs"] == ref["paired"]["demo"][m]["n_pairs"]
+        assert summary["paired"]["demo"][m]["mean_delta"] == pytest.approx(ref["paired"]["demo"][m]["mean_delta"],
+                                                                           abs=1e-6)
+    files = _zip_files(bundle)
+    assert {"per_image.csv", "summary.json", "table1.txt", "scatter.png"} <= files.keys()
+    assert files["scatter.png"].startswith(b"\x89PNG")
+    assert len(_csv_rows(files["per_image.csv"])) == 24
+
+    # more records with the same settings: the 24 rows are reused, only the new records are scored
+    summary, bundle = client.predict("demo", DEMO_SHARD.name, 16, "paper", 0.3, api_name="/evaluate")
+    rows = _csv_rows(_zip_files(bundle)["per_image.csv"])
+    keys = [(r["variant"], int(r["index"])) for r in rows]
+    assert len(keys) == len(set(keys)) == 32
+    assert summary["n_items"] == 16 and summary["models"]["demo"]["dcls"]["gradcam"]["n"] == 16
+
+
+def test_dataset_endpoint_refuses_bad_requests_and_keeps_serving(client):
+    from gradio_client.exceptions import AppError
+
+    for args, words in [(("demo", "", 500, "paper", 0.3), "200"), (("demo", "nope.tfrecords", 4, "paper", 0.3),
+                                                                   "unknown shard"),
+                        (("resnet50", "", 4, "paper", 0.3), "not available")]:
+        with pytest.raises(AppError, match=words):
+            client.predict(*args, api_name="/evaluate")
+    summary, _ = client.predict("demo", "", 2, "aligned", 0.3, api_name="/evaluate")
+    assert summary["n_items"] == 2 and summary["geometry"] == "aligned"
+
+
+def test_review_verdicts_survive_kill_9_and_restart(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    db = home / "cache" / "review.sqlite"
+    server = start_server(home)
+    try:
+        c = make_client(server, tmp_path / "dl1")
+        p = c.predict("alice-1", "", 3, 5, "demo", "11", api_name="/review_create")
+        assert p["n_items"] == 5 and p["n_done"] == 0
+        given = []
+        for verdict, note in [("A", "sharper"), ("tie", "")]:
+            shown = c.predict("alice-1", api_name="/review_next")
+            assert not shown["finished"] and "variant" not in json.dumps(shown)  # still blind
+            c.predict("alice-1", shown["position"], verdict, note, api_name="/review_verdict")
+            given.append((shown["position"], verdict, note))
+        third = c.predict("alice-1", api_name="/review_next")  # shown, not yet judged
+        server.proc.send_signal(signal.SIGKILL)
+        server.proc.wait(timeout=30)
+    finally:
+        if server.proc.poll() is None:
+            stop_server(server)
+
+    server = start_server(home)
+    try:
+        c = make_client(server, tmp_path / "dl2")
+        listed = {s["name"]: s for s in c.predict(api_name="/review_sessions")}
+        assert listed["alice-1"]["n_done"] == 2 and listed["alice-1"]["n_items"] == 5
+        shown = c.predict("alice-1", api_name="/review_next")
+        assert shown["position"] == third["position"] == 2  # resumes exactly where it stopped
+        c.predict("alice-1", 2, "B", "after the crash", api_name="/review_verdict")
+        given.append((2, "B", "after the crash"))
+        revealed, csv_path = c.predict("alice-1", api_name="/review_reveal")
+    finally:
+        stop_server(server)
+
+    # the database file itself, read without the app
+    items = review.items("alice-1", db=db)
+    assert [(it.position, it.verdict, it.note or "") for it in items if it.verdict] == given
+    assert revealed == json.loads(json.dumps(review.reveal("alice-1", db=db)))
+    dcls_preferred = sum(it.variant_for(it.verdict) == "dcls" for it in items if it.verdict in ("A", "B"))
+    assert revealed["dcls_preferred"] == dcls_preferred and revealed["n_verdicts"] == 3
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(int(r["position"]), r["verdict"], r["note"]) for r in rows] == given
+    for r, it in zip(rows, [it for it in items if it.verdict]):
+        assert r["a_variant"] == it.a_variant and r["preferred"] == it.preferred
+        assert r["ref"] == f"{DEMO_SHARD.resolve()}:{3 + it.position}"
+        for m in MAPS:
+            assert float(r[f"spearman_dcls_{m}"]) == it.spearman("dcls", m)
+
+
+def test_review_endpoint_errors_keep_serving(client):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="no review session"):
+        client.predict("nobody", api_name="/review_next")
+    client.predict("bob", "examples", 0, 0, "demo", "", api_name="/review_create")
+    with pytest.raises(AppError, match="exists"):
+        client.predict("bob", "", 0, 3, "demo", "", api_name="/review_create")
+    with pytest.raises(AppError, match="not been shown"):
+        client.predict("bob", 1, "A", "", api_name="/review_verdict")
+    with pytest.raises(AppError, match="verdict is one of"):
+        client.predict("bob", 0, "C", "", api_name="/review_verdict")
+    shown = client.predict("bob", api_name="/review_next")
+    assert shown["kind"] == "photo" and shown["position"] == 0
+    assert client.predict("bob", 0, "neither", "", api_name="/review_verdict")["n_done"] == 1
