@@ -57,3 +57,16 @@ def test_unavailable_paper_checkpoint_offers_the_demo(tmp_path):
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert "convnext_dcls_tiny_1k_224_ema.pth" in r.stderr and "--checkpoint-dir" in r.stderr
     assert "--arch demo" in r.stderr
+
+
+def test_unreachable_hub_and_release_urls_are_both_named(tmp_path):
+    """resnet50's baseline is on the Hugging Face hub and on GitHub: both are tried through our own fetch
+    (no hub retry loop) and both are named when neither answers."""
+    r = run_cli("explain", EXAMPLES[0], "--arch", "resnet50", "--variant", "baseline", "--out", tmp_path / "o",
+                env={"DCLSVIZ_CACHE": str(tmp_path / "empty"), "TORCH_HOME": str(tmp_path / "t"),
+                     "HF_HUB_OFFLINE": "", "HF_HOME": str(tmp_path / "hf"),
+                     "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"},
+                check=False)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "huggingface.co/timm/resnet50.a1_in1k/resolve/main/model.safetensors" in r.stderr
+    assert "resnet50_a1_0-14fe96d1.pth" in r.stderr and "--arch demo" in r.stderr
