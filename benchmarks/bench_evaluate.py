@@ -1,16 +1,16 @@
 """Dataset evaluation throughput: batched ``explain_batch`` vs one image at a time, measured in one run.
 
-    python benchmarks/bench_evaluate.py [--images 64] [--batch-size 32] [--repeats 3] [--device cpu] [--threads N]
+    python benchmarks/bench_evaluate.py [--arch demo] [--images 64] [--batch-size 32] [--repeats 3] [--device cpu]
 
-On the demo pair and the demo shard (both bundled). Each figure is the best of ``--repeats`` interleaved
-rounds, so other jobs on a shared machine inflate it less and drift hits every path alike; images/s count
-(image, model) evaluations of both models.
+On the demo shard (bundled), with the demo pair or a study architecture (random weights). Each figure is the
+best of ``--repeats`` interleaved rounds, so other jobs on a shared machine inflate it less and drift hits every
+path alike; images/s count (image, model) evaluations of both models.
   per-image loop   explain_batch with one sample per call
   batched          explain_batch with --batch-size samples per call (what `evaluate` does)
   reference loop   what the study's evaluation code does per image: pytorch-grad-cam (one forward and
                    backward per map, parameter gradients on) and scipy.stats.spearmanr per map
-  evaluate()       the command's path: reading records, both models, per_image.csv with fsync (model
-                   loading, a fixed cost, measured apart)
+  evaluate()       the command's path: reading records, both models, per_image.csv with fsync (the
+                   models already loaded)
 Then where the batched time goes, stage by stage, through the same core functions explain_batch calls.
 """
 
@@ -57,6 +57,16 @@ def interleaved(fns: dict, repeats: int) -> dict:
     return {k: min(v) for k, v in ts.items()}
 
 
+def load_pair(arch: str, device) -> dict:
+    """The demo pair's bundled weights, or random weights for a study architecture (speed does not depend on
+    the values, and no download is needed)."""
+    if arch == demo.ARCH:
+        return {v: models.load(zoo.get(arch, v), device=device) for v in zoo.VARIANTS}
+    torch.manual_seed(0)
+    return {v: models.load(zoo.get(arch, v), state_dict=models.build(zoo.get(arch, v)).state_dict(), device=device)
+            for v in zoo.VARIANTS}
+
+
 def reference_loop(pair, samples, device):
     """The study's per-image evaluation: one pytorch-grad-cam call per map, scipy's spearmanr per map."""
     from pytorch_grad_cam import GradCAM
@@ -69,7 +79,7 @@ def reference_loop(pair, samples, device):
         def get_cam_image(self, input_tensor, target_layer, targets, activations, grads, eigen_smooth):
             return combine(torch.from_numpy(activations), torch.from_numpy(grads), 0.3)[1].numpy()
 
-    nets = {v: models.load(m.entry, device=device) for v, m in pair.items()}  # copies: grads get switched on
+    nets = load_pair(pair["dcls"].entry.arch, device)  # copies: the package needs parameter gradients on
     for m in nets.values():
         m.model.requires_grad_(True)  # the package backpropagates into the parameters
     xs = [geometry.preprocess(s.image, pair["dcls"].entry.transform)[0][None].to(device) for s in samples]
@@ -94,12 +104,14 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--arch", default=demo.ARCH, help="demo (bundled weights) or a study architecture (random "
+                                                     "weights); the images are the demo shard's either way")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     device = torch.device(a.device)
     shard_path = zoo.ASSETS / demo.SHARD
-    pair = {v: models.load(zoo.get(demo.ARCH, v), device=device) for v in zoo.VARIANTS}
+    pair = load_pair(a.arch, device)
     engines = {v: CamEngine(m) for v, m in pair.items()}
     shard = clickme.ClickMeShard(shard_path)
     n = min(a.images, len(shard))
@@ -121,18 +133,14 @@ def main(argv=None) -> int:
 
     def whole():
         with tempfile.TemporaryDirectory() as d:
-            evaluate.evaluate([demo.ARCH], list(zoo.VARIANTS), shards, items, Path(d), batch_size=a.batch_size,
-                              device=device, progress=False)
-
-    def load():
-        return [models.load(zoo.get(demo.ARCH, v), device=device) for v in zoo.VARIANTS]
+            evaluate.evaluate([a.arch], list(zoo.VARIANTS), shards, items, Path(d), batch_size=a.batch_size,
+                              device=device, progress=False, loader=lambda arch, v: pair[v])
 
     ref_loop, n_ref = reference_loop(pair, samples[:min(n, 16)], device)
 
-    t = interleaved({"single": per_image, "batch": batched, "whole": whole, "load": load, "ref": ref_loop},
+    t = interleaved({"single": per_image, "batch": batched, "whole": whole, "ref": ref_loop},
                     a.repeats)
-    # evaluate() loads its models itself; that fixed cost is not throughput
-    t_single, t_batch, t_whole, t_load = t["single"], t["batch"], t["whole"], t["load"]
+    t_single, t_batch, t_whole = t["single"], t["batch"], t["whole"]
     t_ref = t["ref"] * n / n_ref  # it runs on fewer images: scaled to the same count
 
     # stages of the batched path, per (image, model), again in interleaved rounds
@@ -156,7 +164,7 @@ def main(argv=None) -> int:
         stages[k] / n for k in ("read", "pre", "cam_b", "cam_1", "score_b", "score_1"))
 
     load_avg = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    print(f"demo pair, {n} images of {shard_path.name}, device {device}, torch threads {torch.get_num_threads()}, "
+    print(f"{a.arch} pair, {n} images of {shard_path.name}, device {device}, torch threads {torch.get_num_threads()}, "
           f"best of {a.repeats} interleaved rounds, load average {load_avg} on {os.cpu_count()} CPUs")
     print(f"  per-image loop (explain_batch, 1 sample/call)   {evals / t_single:8.1f} images/s")
     print(f"  batched (explain_batch, {a.batch_size} samples/call)      {evals / t_batch:8.1f} images/s")
@@ -164,8 +172,7 @@ def main(argv=None) -> int:
     print(f"  reference loop (pytorch-grad-cam + scipy)       {evals / t_ref:8.1f} images/s "
           f"({n_ref} images, scaled)")
     print(f"  ratio batched / reference loop                  {t_ref / t_batch:8.2f}x")
-    print(f"  evaluate(): records, CSV + fsync, batch {a.batch_size:<3}     {evals / (t_whole - t_load):8.1f} images/s"
-          f"  (plus {t_load:.1f} s loading both models)")
+    print(f"  evaluate(): records, CSV + fsync, batch {a.batch_size:<3}     {evals / t_whole:8.1f} images/s")
     print("  per (image, model), DCLS model:")
     print(f"    read + decode record, human map (once/image) {t_read * 1e3:8.2f} ms")
     print(f"    preprocess (PIL resize, crop, normalise)     {t_pre * 1e3:8.2f} ms")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The CUDA path in one go, on a machine with a GPU: the conformance goldens and CAM tests on cuda, the
 # CLI (explain, evaluate) on cuda, and both benchmarks with CPU and CUDA figures from the same run.
-#   DCLSVIZ_CONFORMANCE=/path/to/kit OUT=/tmp/gpu bash benchmarks/gpu_check.sh
+#   DCLSVIZ_CONFORMANCE=/path/to/kit OUT=/tmp/gpu bash benchmarks/gpu_check.sh   (TESTS=... picks test files)
 set -u
 OUT=${OUT:-/tmp/dclsviz-gpu}
 mkdir -p "$OUT"
@@ -14,8 +14,8 @@ nvidia-smi -L
 $PY -c "import torch, timm; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0), 'timm', timm.__version__)"
 
 step "conformance and CAM tests on cuda"
-DCLSVIZ_TEST_DEVICE=cuda $PY -m pytest -q -p no:cacheprovider tests/test_conformance.py tests/test_cam.py \
-    tests/test_metrics.py 2>&1 | tail -n 25
+DCLSVIZ_TEST_DEVICE=cuda $PY -m pytest -q -p no:cacheprovider \
+    ${TESTS:-tests/test_conformance.py tests/test_cam.py tests/test_metrics.py} 2>&1 | tail -n 25
 
 step "CLI on cuda"
 $PY -m dclsviz explain assets/examples/chelsea.jpg --arch demo --variant dcls --device cuda --out "$OUT/explain" \
@@ -24,6 +24,8 @@ $PY -m dclsviz evaluate --arch demo --demo --device cuda --no-progress --out "$O
 
 step "bench_evaluate cuda (demo pair)"
 $PY benchmarks/bench_evaluate.py --device cuda --images 128 --repeats 3
+step "bench_evaluate cuda (ConvNeXt-T pair, random weights)"
+$PY benchmarks/bench_evaluate.py --device cuda --arch convnext_tiny --images 128 --repeats 3
 step "bench_cam cuda (ConvNeXt-T pair)"
 $PY benchmarks/bench_cam.py --device cuda --repeats 5 2>&1 | tail -n 20
 step done
