@@ -22,8 +22,8 @@ from .. import evaluate, geometry, labels, metrics, zoo
 from ..cam import DEFAULT_THRESHOLD
 from ..compare import MAP_TITLES, MAPS
 from .present import Exports
-from .service import (AppConfig, CheckpointProblem, UserError, VARIANT_TITLES, arch_choices, class_names,
-                      default_arch, load_pair, on_gpu, open_shard, resolve_shard, shard_choices)
+from .service import (AppConfig, CheckpointProblem, UserError, VARIANT_TITLES, arch_choices, check_settings,
+                      class_names, default_arch, load_pair, on_gpu, open_shard, resolve_shard, shard_choices)
 
 MAX_IMAGES = 200
 DEFAULT_IMAGES = 64
@@ -58,14 +58,7 @@ def _check(arch: str, shard: Optional[str], n_images, geometry_name: str, thresh
         raise UserError(f"the number of images must be a whole number, not {n_images!r}") from None
     if not 1 <= n <= MAX_IMAGES:
         raise UserError(f"evaluate 1 to {MAX_IMAGES} images here; `python -m dclsviz evaluate` has no limit")
-    if geometry_name not in geometry.GEOMETRIES:
-        raise UserError(f"geometry must be one of {', '.join(geometry.GEOMETRIES)}, not {geometry_name!r}")
-    try:
-        th = float(threshold)
-    except (TypeError, ValueError):
-        raise UserError(f"threshold must be a number, not {threshold!r}") from None
-    if not 0.0 <= th <= 1.0:
-        raise UserError(f"threshold must lie in [0, 1], not {th}")
+    th = check_settings(threshold, geometry_name)
     if arch not in zoo.archs():
         raise UserError(f"unknown architecture {arch!r}; choose one of {', '.join(zoo.archs())}")
     path = resolve_shard(shard, cfg)

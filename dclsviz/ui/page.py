@@ -63,8 +63,8 @@ def build_ui(cfg: Optional[AppConfig] = None) -> gr.Blocks:
         with gr.Tabs():
             with gr.Tab("Compare", id="compare"):
                 _compare_tab(demo, cfg, exports)
-            with gr.Tab("Review", id="review"):
-                review_page.build(cfg)
+            with gr.Tab("Review", id="review") as review_tab:
+                review_page.build(cfg, review_tab)
             with gr.Tab("Dataset", id="dataset"):
                 dataset_page.build(cfg)
         _api(cfg, exports)

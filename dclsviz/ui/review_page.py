@@ -139,8 +139,8 @@ def export(name: str, cfg: AppConfig) -> str:
 # --- the tab ---------------------------------------------------------------------------------------------
 
 
-def build(cfg: AppConfig) -> None:
-    """The Review tab's widgets and handlers, and the /review_* endpoints; call inside a ``gr.Tab``."""
+def build(cfg: AppConfig, tab: gr.Tab) -> None:
+    """The Review tab's widgets and handlers, and the /review_* endpoints; call inside ``tab``."""
     shards = shard_choices(cfg)
     current = gr.State(None)  # (session name, position) on screen
     with gr.Row(equal_height=False):
@@ -170,8 +170,9 @@ def build(cfg: AppConfig) -> None:
                 human = gr.Image(label="Human map", interactive=False, format="png", height=230, elem_id="rv-human")
             panels = {}
             for side in ("A", "B"):
-                with gr.Row():
-                    gr.Markdown(f"## {side}", elem_classes="model-head")
+                with gr.Row(equal_height=True):
+                    with gr.Column(scale=0, min_width=60):
+                        gr.Markdown(f"## {side}", elem_classes="model-head")
                     for m in MAPS:
                         panels[side, m] = gr.Image(label=f"{side}: {MAP_TITLES[m]}", interactive=False,
                                                    format="png", height=230, elem_id=f"rv-{side}-{m}")
@@ -251,6 +252,9 @@ def build(cfg: AppConfig) -> None:
     for k, b in buttons.items():
         b.click(on_verdict(k), [current, note], screen, api_visibility="private", concurrency_id="compute")
     reveal_btn.click(on_reveal, [current, existing], [reveal_md, csv_file], api_visibility="private")
+    # sessions made elsewhere (another browser, the API) appear when the tab is opened
+    tab.select(lambda: gr.update(choices=session_choices(cfg)), None, existing, api_visibility="private",
+               queue=False)
     _api(cfg)
 
 

@@ -346,9 +346,8 @@ class CheckpointProblem(UserError):
         self.arch = arch
 
 
-@on_gpu()
-def run_comparison(arch: str, sample: Sample, target, threshold: float, geometry_name: str, cfg: AppConfig,
-                   progress: Optional[Progress] = None) -> Comparison:
+def check_settings(threshold, geometry_name: str) -> float:
+    """The threshold as a float in [0, 1], once the geometry is known to be one of ours."""
     if geometry_name not in geometry.GEOMETRIES:
         raise UserError(f"geometry must be one of {', '.join(geometry.GEOMETRIES)}, not {geometry_name!r}")
     try:
@@ -357,6 +356,13 @@ def run_comparison(arch: str, sample: Sample, target, threshold: float, geometry
         raise UserError(f"threshold must be a number, not {threshold!r}") from None
     if not 0.0 <= threshold <= 1.0:
         raise UserError(f"threshold must lie in [0, 1], not {threshold}")
+    return threshold
+
+
+@on_gpu()
+def run_comparison(arch: str, sample: Sample, target, threshold: float, geometry_name: str, cfg: AppConfig,
+                   progress: Optional[Progress] = None) -> Comparison:
+    threshold = check_settings(threshold, geometry_name)
     pair = load_pair(arch, cfg, progress)
     if progress is not None:
         progress(0.8, desc="Grad-CAM and Threshold-Grad-CAM of both models")
