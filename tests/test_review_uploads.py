@@ -1,0 +1,65 @@
+"""Review sessions over uploaded photos, through the Review tab's functions: the photos are kept beside the
+database (Gradio's upload folder is temporary), their human maps are paired by name, bad files are refused."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from PIL import Image
+
+from app_fixtures import EXAMPLES, blob_map, write_map
+from dclsviz import review
+from dclsviz.ui import review_page, service
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    return service.AppConfig(export_dir=tmp_path / "exports", evaluation_dir=tmp_path / "runs",
+                             review_db=tmp_path / "data" / "review.sqlite", download=False)
+
+
+def test_uploaded_photos_make_a_session_that_outlives_the_uploads(cfg, tmp_path):
+    uploads = tmp_path / "gradio-upload"
+    uploads.mkdir()
+    photos = [shutil.copy(p, uploads / p.name) for p in EXAMPLES[:2]]
+    w, h = Image.open(EXAMPLES[0]).size
+    human = write_map(uploads / f"{EXAMPLES[0].stem}.human.png", blob_map(w, h))
+    info = review_page.create("u-1", "uploads", None, 0, 0, [str(p) for p in photos] + [str(human)], "demo", "",
+                              "paper", 0.3, cfg)
+    assert info.n_items == 2
+    shutil.rmtree(uploads)  # Gradio cleans its upload folder; the session must not care
+
+    first = review_page.show_next("u-1", cfg)
+    assert first.item.source.kind == "photo" and first.item.source.human is not None
+    assert first.comparison.human is not None  # the map uploaded beside the photo was paired by name
+    assert all(first.item.spearman(v, "gradcam") is not None for v in ("baseline", "dcls"))
+    review_page.verdict("u-1", first.item.position, "B", "", cfg)
+    second = review_page.show_next("u-1", cfg)
+    assert second.item.source.human is None and second.comparison.human is None
+    review_page.verdict("u-1", second.item.position, "neither", "no map", cfg)
+    assert review_page.show_next("u-1", cfg) is None
+    assert review.reveal("u-1", db=cfg.review_db)["n_verdicts"] == 2
+    csv_text = open(review_page.export("u-1", cfg)).read()
+    assert csv_text.count("\n") == 3 and "no map" in csv_text
+
+
+def test_a_bad_upload_is_refused_before_the_session_exists(cfg, tmp_path):
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not a photo")
+    with pytest.raises(service.UserError, match="notes.jpg"):
+        review_page.create("u-2", "uploads", None, 0, 0, [str(EXAMPLES[0]), str(bad)], "demo", "", "paper", 0.3,
+                           cfg)
+    assert review.sessions(cfg.review_db) == []
+    with pytest.raises(service.UserError, match="upload the photos"):
+        review_page.create("u-2", "uploads", None, 0, 0, [], "demo", "", "paper", 0.3, cfg)
+    with pytest.raises(service.UserError, match="name"):
+        review_page.create("  ", "shard", "", 0, 5, None, "demo", "", "paper", 0.3, cfg)
+
+
+def test_unavailable_checkpoints_are_said_when_the_session_starts(cfg):
+    review_page.create("paper-1", "shard", "", 0, 2, None, "convnext_tiny", "5", "paper", 0.3, cfg)
+    with pytest.raises(service.CheckpointProblem, match="convnext_tiny"):
+        review_page.show_next("paper-1", cfg)
+    # nothing was shown, so nothing is judged, and the session waits for the checkpoints
+    assert review.progress("paper-1", db=cfg.review_db)["next_position"] == 0
