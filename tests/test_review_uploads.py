@@ -47,10 +47,14 @@ def test_uploaded_photos_make_a_session_that_outlives_the_uploads(cfg, tmp_path)
 def test_a_bad_upload_is_refused_before_the_session_exists(cfg, tmp_path):
     bad = tmp_path / "notes.jpg"
     bad.write_text("not a photo")
+    bad.with_name("x.txt").write_text("a note")
     with pytest.raises(service.UserError, match="notes.jpg"):
         review_page.create("u-2", "uploads", None, 0, 0, [str(EXAMPLES[0]), str(bad)], "demo", "", "paper", 0.3,
                            cfg)
     assert review.sessions(cfg.review_db) == []
+    with pytest.raises(service.UserError, match="x.txt is not an image"):
+        review_page.create("u-2", "uploads", None, 0, 0, [str(bad.with_name("x.txt"))], "demo", "", "paper", 0.3,
+                           cfg)
     with pytest.raises(service.UserError, match="upload the photos"):
         review_page.create("u-2", "uploads", None, 0, 0, [], "demo", "", "paper", 0.3, cfg)
     with pytest.raises(service.UserError, match="name"):

@@ -80,10 +80,10 @@ def create(name: str, kind: str, shard: Optional[str], start, count, files, arch
         raise UserError(f"a session named {name!r} exists: resume it, or choose another name")
     if arch not in zoo.archs():
         raise UserError(f"unknown architecture {arch!r}")
-    sources = make_sources(kind, shard, start, count, files, name, cfg)
-    # a record's label is a class of the model only when the shard and the model share a label space
-    matches = kind == "shard" and shard_label_space_matches(f"{sources[0].ref.rsplit(':', 1)[0]}:0", arch)
     try:
+        sources = make_sources(kind, shard, start, count, files, name, cfg)
+        # a record's label is a class of the model only when the shard and the model share a label space
+        matches = kind == "shard" and shard_label_space_matches(sources[0].ref, arch)
         seed = int(seed) if seed not in (None, "") else int.from_bytes(hashlib.sha256(name.encode()).digest()[:4],
                                                                       "big")
         return review.create_session(name, sources, arch=arch, seed=seed, geometry=geometry_name,
