@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -69,12 +70,17 @@ def test_dataset_endpoint_equals_the_cli_and_reuses_rows(client, tmp_path):
     assert summary["n_items"] == 16 and summary["models"]["demo"]["dcls"]["gradcam"]["n"] == 16
 
 
-def test_dataset_endpoint_refuses_bad_requests_and_keeps_serving(client):
+def test_dataset_endpoint_refuses_bad_requests_and_keeps_serving(client, app_server, kit):
     from gradio_client.exceptions import AppError
 
+    # a ClickMe-format shard (ImageNet labels) appears in the app's ClickMe folder
+    (app_server.home / "clickme").mkdir(exist_ok=True)
+    shutil.copyfile(kit / "clickme" / "sample_val.tfrecords", app_server.home / "clickme" / "val-0.tfrecords")
     for args, words in [(("demo", "", 500, "paper", 0.3), "200"), (("demo", "nope.tfrecords", 4, "paper", 0.3),
                                                                    "unknown shard"),
-                        (("resnet50", "", 4, "paper", 0.3), "not available")]:
+                        (("resnet50", "", 4, "paper", 0.3), "not classes of resnet50"),
+                        (("demo", "val-0.tfrecords", 4, "paper", 0.3), "not classes of demo"),
+                        (("resnet50", "val-0.tfrecords", 4, "paper", 0.3), "checkpoints are not available.*demo")]:
         with pytest.raises(AppError, match=words):
             client.predict(*args, api_name="/evaluate")
     summary, _ = client.predict("demo", "", 2, "aligned", 0.3, api_name="/evaluate")

@@ -23,7 +23,8 @@ from ..cam import DEFAULT_THRESHOLD
 from ..compare import MAP_TITLES, MAPS
 from .present import Exports
 from .service import (AppConfig, CheckpointProblem, UserError, VARIANT_TITLES, arch_choices, check_settings,
-                      class_names, default_arch, load_pair, on_gpu, open_shard, resolve_shard, shard_choices)
+                      class_names, default_arch, load_pair, on_gpu, open_shard, resolve_shard, shard_choices,
+                      shard_label_space_matches)
 
 MAX_IMAGES = 200
 DEFAULT_IMAGES = 64
@@ -63,6 +64,10 @@ def _check(arch: str, shard: Optional[str], n_images, geometry_name: str, thresh
         raise UserError(f"unknown architecture {arch!r}; choose one of {', '.join(zoo.archs())}")
     path = resolve_shard(shard, cfg)
     open_shard(path)  # a clear message for an unreadable shard before any model work
+    if not shard_label_space_matches(f"{path}:0", arch):
+        # the study explains each record's label, so the labels must be classes of the models
+        raise UserError(f"the labels of {path.name} are not classes of {arch}: evaluate the demo pair on the demo "
+                        f"shard and the study's architectures on ClickMe shards")
     return path, n, th
 
 
