@@ -19,6 +19,7 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -80,13 +81,14 @@ def app_env(home: Path, port: int) -> dict:
     return env
 
 
-def start_server(home: Path, timeout: float = 180.0) -> Server:
-    """`python app.py` in a subprocess on a free port, with ``home`` holding its cache and data."""
+def start_server(home: Path, timeout: float = 180.0, env: Optional[dict] = None) -> Server:
+    """`python app.py` in a subprocess on a free port, with ``home`` holding its cache and data; ``env`` adds
+    or overrides environment variables."""
     require_demo_assets()
     port = free_port()
     log = home / "server.log"
     with open(log, "a") as out:
-        proc = subprocess.Popen([sys.executable, str(REPO / "app.py")], cwd=REPO, env=app_env(home, port),
+        proc = subprocess.Popen([sys.executable, str(REPO / "app.py")], cwd=REPO, env={**app_env(home, port), **(env or {})},
                                 stdout=out, stderr=subprocess.STDOUT)
     server = Server(f"http://127.0.0.1:{port}/", proc, log, home)
     deadline = time.monotonic() + timeout
