@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Optional, Sequen
 
 from tqdm import tqdm
 
-from . import clickme, metrics, stats, zoo
+from . import clickme, labels, metrics, stats, zoo
 from .cam import DEFAULT_THRESHOLD
 from .compare import MAP_TITLES, MAPS, Sample, explain_batch, prepare_inputs, versions
 from .geometry import GEOMETRIES
@@ -562,6 +562,12 @@ def run(args) -> int:
     if args.limit is not None and args.limit < 1:
         raise EvaluationError("--limit must be at least 1")
     shards = open_shards(_shard_paths(args))
+    for a in archs:
+        unfit = [name for name in shards if not labels.shard_labels_fit(name, zoo.get(a, variants[0]))]
+        if unfit:
+            # the study explains each record's label, so the labels must be classes of the model
+            raise EvaluationError(f"the labels of {', '.join(unfit)} are not classes of {a}: evaluate the demo pair "
+                                  f"on the demo shard (--demo) and the study's architectures on ClickMe shards")
     items = select_items(shards, args.limit)
     out: Path = args.out
     skipped = evaluate(archs, variants, shards, items, out, geometry=args.geometry, threshold=args.threshold,

@@ -119,3 +119,16 @@ def class_index(name_or_int: Union[str, int], class_names: Optional[Sequence[str
         else "no close match"
     )
     raise ValueError(f"{name_or_int!r} is not a class name of this model; {hint}")
+
+
+def shard_labels_fit(shard, entry) -> bool:
+    """Whether a ClickMe-format shard's labels are classes of ``entry``'s model.
+
+    The bundled demo shard (known by its file name, wherever ``demo train`` wrote it) is labelled with the
+    demo pair's classes; every other shard, like ClickMe itself, with ImageNet's.
+    """
+    from pathlib import Path
+
+    from .demo import SHARD
+
+    return (Path(shard).name == Path(SHARD).name) == (entry.class_names is not None)

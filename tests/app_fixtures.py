@@ -88,7 +88,8 @@ def start_server(home: Path, timeout: float = 180.0, env: Optional[dict] = None)
     port = free_port()
     log = home / "server.log"
     with open(log, "a") as out:
-        proc = subprocess.Popen([sys.executable, str(REPO / "app.py")], cwd=REPO, env={**app_env(home, port), **(env or {})},
+        proc = subprocess.Popen([sys.executable, str(REPO / "app.py")], cwd=REPO,
+                                env={**app_env(home, port), **(env or {})},
                                 stdout=out, stderr=subprocess.STDOUT)
     server = Server(f"http://127.0.0.1:{port}/", proc, log, home)
     deadline = time.monotonic() + timeout

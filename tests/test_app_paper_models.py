@@ -8,7 +8,8 @@ import shutil
 
 import pytest
 
-from app_fixtures import MAPS, VARIANTS, assert_matches_cli, cli_explain, compare, make_client, start_server, stop_server
+from app_fixtures import (MAPS, VARIANTS, assert_matches_cli, cli_explain, compare, make_client, start_server,
+                          stop_server)
 
 ARCH = "convnext_tiny"
 

@@ -229,13 +229,29 @@ def test_other_settings_are_refused_in_the_same_folder(reference, tmp_path):
     assert r.returncode == 2 and "threshold" in r.stderr and "another --out" in r.stderr
 
 
-def test_unavailable_checkpoint_skips_that_arch_only(tmp_path):
+def test_unavailable_checkpoint_skips_that_arch_only(tmp_path, kit, fake):
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    for v in zoo.VARIANTS:  # resnet50's files are here (the kit's stand-ins), convnext_tiny's are nowhere
+        man = fake.load_manifest(str(kit / "manifests" / f"resnet50.{v}.json"))
+        fake.write_checkpoint(man, str(folder / man["file_name"]), seed=0)
     out = tmp_path / "run"
-    r = cli(tmp_path, "evaluate", "--arch", "convnext_tiny,demo", "--demo", "--limit", 4, "--device", "cpu",
-            "--no-progress", "--no-download", "--out", out, check=False)
+    r = cli(tmp_path, "evaluate", "--arch", "convnext_tiny,resnet50", "--clickme",
+            kit / "clickme" / "sample_val.tfrecords", "--limit", 4, "--device", "cpu", "--no-progress", "--no-download", "--checkpoint-dir", folder, "--out", out,
+            check=False)
     assert r.returncode == 1, r.stderr
     assert "skipping convnext_tiny" in r.stderr and "convnext_tiny_1k_224_ema.pth" in r.stderr
     rows = read_rows(out)
-    assert {(x["arch"], x["variant"]) for x in rows} == {("demo", "baseline"), ("demo", "dcls")} and len(rows) == 8
+    assert {(x["arch"], x["variant"]) for x in rows} == {("resnet50", "baseline"), ("resnet50", "dcls")}
+    assert len(rows) == 8 and all(x["target"] == x["label"] for x in rows)
     summary = json.loads((out / "summary.json").read_text())
-    assert list(summary["skipped"]) == ["convnext_tiny"] and "demo" in summary["paired"]
+    assert list(summary["skipped"]) == ["convnext_tiny"] and "resnet50" in summary["paired"]
+
+
+def test_labels_that_are_not_the_models_classes_are_refused(tmp_path, kit):
+    r = cli(tmp_path, "evaluate", "--arch", "convnext_tiny", "--demo", "--out", tmp_path / "a", check=False)
+    assert r.returncode == 2 and "not classes of convnext_tiny" in r.stderr
+    r = cli(tmp_path, "evaluate", "--arch", "demo", "--clickme", kit / "clickme" / "sample_val.tfrecords",
+            "--out", tmp_path / "b", check=False)
+    assert r.returncode == 2 and "not classes of demo" in r.stderr
+    assert not (tmp_path / "a" / "per_image.csv").exists()

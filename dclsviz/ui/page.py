@@ -158,7 +158,8 @@ def _compare_tab(demo: gr.Blocks, cfg: AppConfig, exports: Exports) -> None:
                 cols[v] = (head, imgs, rhos)
     with gr.Row(equal_height=False):
         scores = gr.Dataframe(headers=SCORE_HEADERS, label="Scores · ρ: Spearman with the human map · "
-                              f"Δρ: DCLS − baseline · ρ / ceiling: ρ / inter-human ρ ({metrics.HUMAN_CEILING:.3f}) · "
+                              f"Δρ: DCLS − baseline · ρ / ceiling: ρ / inter-human ρ "
+                              f"({metrics.HUMAN_CEILING:.3f}) · "
                               f"Dice, IoU: overlap of the top-{TOP_FRACTION:.0%} pixels",
                               interactive=False, scale=3, elem_id="scores")
         top5 = gr.Dataframe(headers=TOP5_HEADERS, label="Top-5 predictions", interactive=False, scale=2,

@@ -209,10 +209,8 @@ def clickme_sample(shard: Optional[str], index, cfg: AppConfig) -> Sample:
 
 
 def shard_label_space_matches(sample_name: str, arch: str) -> bool:
-    """The demo shard is labelled with the demo classes, every other shard with ImageNet's."""
-    d = demo_shard()
-    from_demo = d is not None and sample_name.rsplit(":", 1)[0] == str(d)
-    return from_demo == (_entry(arch).class_names is not None)
+    """Whether the labels of the shard a record ("SHARD:INDEX") comes from are classes of ``arch``."""
+    return labels.shard_labels_fit(sample_name.rsplit(":", 1)[0], _entry(arch))
 
 
 # --- uploads -----------------------------------------------------------------------------------------
