@@ -59,3 +59,17 @@ def test_dataset_tab_on_the_paper_pair(paper_app, tmp_path):
     assert summary["n_items"] == 6 and set(summary["models"][ARCH]) == set(VARIANTS)
     assert all(summary["models"][ARCH][v]["gradcam"]["n"] == 6 for v in VARIANTS)
     assert summary["paired"][ARCH]["gradcam"]["n_pairs"] <= 6
+
+
+def test_dataset_tab_with_several_pairs_skips_the_unavailable_one(paper_app, tmp_path):
+    server, _, _ = paper_app
+    c = make_client(server, tmp_path / "dl")
+    summary, bundle = c.predict(f"{ARCH},resnet50", "val-0.tfrecords", 4, "paper", 0.3, api_name="/evaluate")
+    assert list(summary["models"]) == [ARCH] and list(summary["skipped"]) == ["resnet50"]
+    assert "resnet50" in summary["skipped"]["resnet50"] and summary["archs"] == [ARCH, "resnet50"]
+    import zipfile
+
+    with zipfile.ZipFile(bundle) as z:
+        names = set(z.namelist())
+    assert {"scatter.png", "table1.txt", f"{ARCH}/per_image.csv"} <= names
+    assert not any(n.startswith("resnet50/") for n in names)

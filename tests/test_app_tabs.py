@@ -58,13 +58,13 @@ def test_dataset_endpoint_equals_the_cli_and_reuses_rows(client, tmp_path):
         assert summary["paired"]["demo"][m]["mean_delta"] == pytest.approx(ref["paired"]["demo"][m]["mean_delta"],
                                                                            abs=1e-6)
     files = _zip_files(bundle)
-    assert {"per_image.csv", "summary.json", "table1.txt", "scatter.png"} <= files.keys()
-    assert files["scatter.png"].startswith(b"\x89PNG")
-    assert len(_csv_rows(files["per_image.csv"])) == 24
+    assert {"summary.json", "table1.txt", "scatter.png", "demo/per_image.csv", "demo/run.json"} <= files.keys()
+    assert files["scatter.png"].startswith(b"\x89PNG") and b"demo" in files["table1.txt"]
+    assert len(_csv_rows(files["demo/per_image.csv"])) == 24
 
     # more records with the same settings: the 24 rows are reused, only the new records are scored
     summary, bundle = client.predict("demo", DEMO_SHARD.name, 16, "paper", 0.3, api_name="/evaluate")
-    rows = _csv_rows(_zip_files(bundle)["per_image.csv"])
+    rows = _csv_rows(_zip_files(bundle)["demo/per_image.csv"])
     keys = [(r["variant"], int(r["index"])) for r in rows]
     assert len(keys) == len(set(keys)) == 32
     assert summary["n_items"] == 16 and summary["models"]["demo"]["dcls"]["gradcam"]["n"] == 16

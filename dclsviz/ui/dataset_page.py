@@ -1,18 +1,20 @@
-"""The Dataset tab and its ``/evaluate`` endpoint: a bounded ``evaluate`` run over a listed shard, then the
-study's summary table, the paired statistics, Figure 2 and the per-image rows.
+"""The Dataset tab and its ``/evaluate`` endpoint: a bounded ``evaluate`` run of one or more pairs over a
+listed shard, then the study's summary table, the paired statistics, Figure 2 and the per-image rows.
 
-The work is ``evaluate.evaluate`` and ``evaluate.write_report``, as for ``python -m dclsviz evaluate``; this
-module picks the run folder, reports progress and lays out what those wrote. A run folder is keyed by the
-pair, shard, geometry, threshold and checkpoint hashes, so asking again (or after a restart) reuses the rows
-already computed and only scores the records that are missing.
+The work is ``evaluate.evaluate``, ``write_report``, ``table1`` and ``scatter``, as for ``python -m dclsviz
+evaluate``; this module picks the run folders, reports progress and lays out what those wrote. A pair's run
+folder is keyed by the pair, shard, geometry, threshold and checkpoint hashes, so asking again (or after a
+restart, or with other pairs beside it) reuses the rows already computed and only scores what is missing.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import threading
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -30,9 +32,9 @@ MAX_IMAGES = 200
 DEFAULT_IMAGES = 64
 BATCH = 16
 
-SUMMARY_HEADERS = ["model", "map", "mean ρ", "ρ / ceiling", "n", "ρ undefined", "Dice", "IoU", "top-1"]
-PAIRED_HEADERS = ["map", "mean Δρ (DCLS − baseline)", "95% CI (bootstrap)", "Wilcoxon p", "pairs"]
-ROW_HEADERS = ["record", "label", "Baseline top-1", "DCLS top-1",
+SUMMARY_HEADERS = ["pair", "model", "map", "mean ρ", "ρ / ceiling", "n", "ρ undefined", "Dice", "IoU", "top-1"]
+PAIRED_HEADERS = ["pair", "map", "mean Δρ", "95% CI", "Wilcoxon p", "n"]
+ROW_HEADERS = ["pair", "record", "label", "Baseline top-1", "DCLS top-1",
                *(f"{VARIANT_TITLES[v]} ρ {MAP_TITLES[m]}" for m in MAPS for v in zoo.VARIANTS)]
 
 _folder_locks: dict[Path, threading.Lock] = {}
@@ -52,7 +54,19 @@ def run_folder(cfg: AppConfig, arch: str, shard: Path, geometry_name: str, thres
     return cfg.evaluation_dir / f"{arch}_{shard.stem}_{geometry_name}_{digest}"
 
 
-def _check(arch: str, shard: Optional[str], n_images, geometry_name: str, threshold, cfg: AppConfig):
+def arch_list(archs) -> list[str]:
+    """Architectures from a list or a comma-separated string, in the order given, without repeats."""
+    names = archs.split(",") if isinstance(archs, str) else list(archs or [])
+    out = list(dict.fromkeys(a.strip() for a in names if a and a.strip()))
+    if not out:
+        raise UserError("choose at least one model pair")
+    unknown = [a for a in out if a not in zoo.archs()]
+    if unknown:
+        raise UserError(f"unknown architecture {', '.join(map(repr, unknown))}; choose from {', '.join(zoo.archs())}")
+    return out
+
+
+def _check(archs: list[str], shard: Optional[str], n_images, geometry_name: str, threshold, cfg: AppConfig):
     try:
         n = int(n_images)
     except (TypeError, ValueError):
@@ -60,41 +74,80 @@ def _check(arch: str, shard: Optional[str], n_images, geometry_name: str, thresh
     if not 1 <= n <= MAX_IMAGES:
         raise UserError(f"evaluate 1 to {MAX_IMAGES} images here; `python -m dclsviz evaluate` has no limit")
     th = check_settings(threshold, geometry_name)
-    if arch not in zoo.archs():
-        raise UserError(f"unknown architecture {arch!r}; choose one of {', '.join(zoo.archs())}")
     path = resolve_shard(shard, cfg)
     open_shard(path)  # a clear message for an unreadable shard before any model work
-    if not shard_label_space_matches(f"{path}:0", arch):
+    unfit = [a for a in archs if not shard_label_space_matches(f"{path}:0", a)]
+    if unfit:
         # the study explains each record's label, so the labels must be classes of the models
-        raise UserError(f"the labels of {path.name} are not classes of {arch}: evaluate the demo pair on the demo "
-                        f"shard and the study's architectures on ClickMe shards")
+        raise UserError(f"the labels of {path.name} are not classes of {', '.join(unfit)}: evaluate the demo pair "
+                        f"on the demo shard and the study's architectures on ClickMe shards")
     return path, n, th
 
 
+@dataclass
+class DatasetRun:
+    summary: dict  # as evaluate's summary.json, over every pair that ran, plus "runs": {arch: run folder}
+    folders: dict[str, Path]
+    items: list[evaluate.Item]
+    report: Path  # the combined Figure 2, Table 1 and summary
+
+
 @on_gpu(duration=300)
-def run_evaluation(arch: str, shard: Optional[str], n_images, geometry_name: str, threshold, cfg: AppConfig,
-                   progress=None) -> tuple[dict, Path]:
-    """Score the first ``n_images`` records of a listed shard with both models; (summary, run folder)."""
-    path, n, th = _check(arch, shard, n_images, geometry_name, threshold, cfg)
-    pair = load_pair(arch, cfg, progress)
+def run_evaluation(archs, shard: Optional[str], n_images, geometry_name: str, threshold, cfg: AppConfig,
+                   progress=None) -> DatasetRun:
+    """Score the first ``n_images`` records of a listed shard with both models of each pair.
+
+    A pair whose checkpoints are unavailable is skipped (and said in ``summary["skipped"]``) when others ran.
+    """
+    archs = arch_list(archs)
+    path, n, th = _check(archs, shard, n_images, geometry_name, threshold, cfg)
     shards = evaluate.open_shards([path])
     items = evaluate.select_items(shards, n)
-    out = run_folder(cfg, arch, path, geometry_name, th, pair)
-
-    def report(done, total):
-        if progress is not None:
-            progress((done, total), desc=f"Scoring {arch} on {len(items)} records", unit="records")
-
-    with _folder_lock(out):
+    summary = {"geometry": geometry_name, "threshold": th, "target": evaluate.TARGET,
+               "human_ceiling": metrics.HUMAN_CEILING, "n_items": len(items),
+               "shards": {name: str(sh.path.resolve()) for name, sh in shards.items()}, "limit": n,
+               "archs": archs, "variants": list(zoo.VARIANTS), "skipped": {}, "checkpoints": {}, "models": {},
+               "paired": {}, "runs": {}}
+    folders: dict[str, Path] = {}
+    for k, arch in enumerate(archs):
         try:
-            evaluate.evaluate([arch], list(zoo.VARIANTS), shards, items, out, geometry=geometry_name, threshold=th,
-                              batch_size=BATCH, progress=False, on_progress=report, log=lambda msg: None,
-                              loader=lambda a, v: pair[v])
-            summary = evaluate.write_report(out, [arch], list(zoo.VARIANTS), shards, items, geometry=geometry_name,
-                                            threshold=th, limit=n)
-        except evaluate.EvaluationError as e:
-            raise UserError(str(e)) from None
-    return summary, out
+            pair = load_pair(arch, cfg, progress)
+        except CheckpointProblem as e:
+            if len(archs) == 1:
+                raise
+            summary["skipped"][arch] = str(e)
+            continue
+        out = run_folder(cfg, arch, path, geometry_name, th, pair)
+
+        def report(done, total, k=k, arch=arch):
+            if progress is not None:
+                progress((k + done / max(total, 1)) / len(archs), desc=f"Scoring {arch} ({k + 1} of {len(archs)}) "
+                         f"on {len(items)} records")
+
+        with _folder_lock(out):
+            try:
+                evaluate.evaluate([arch], list(zoo.VARIANTS), shards, items, out, geometry=geometry_name,
+                                  threshold=th, batch_size=BATCH, progress=False, on_progress=report,
+                                  log=lambda msg: None, loader=lambda a, v: pair[v])
+                part = evaluate.write_report(out, [arch], list(zoo.VARIANTS), shards, items,
+                                             geometry=geometry_name, threshold=th, limit=n)
+            except evaluate.EvaluationError as e:
+                raise UserError(str(e)) from None
+        for key in ("models", "paired", "checkpoints"):
+            summary[key].update(part[key])
+        summary["runs"][arch] = str(out)
+        folders[arch] = out
+    if not folders:
+        raise UserError("no pair could be evaluated: " + "; ".join(f"{a}: {why}" for a, why in
+                                                                   summary["skipped"].items()))
+    summary["versions"] = part["versions"]
+    report_dir = Exports(cfg.export_dir).new_folder()
+    ran = list(folders)
+    evaluate.scatter(summary["models"], report_dir / evaluate.SCATTER_NAME,
+                     f"{', '.join(ran)}: {len(items)} images, {geometry_name} geometry, threshold {th}")
+    (report_dir / evaluate.TABLE_NAME).write_text(evaluate.table1(summary["models"], ran) + "\n")
+    (report_dir / evaluate.SUMMARY_NAME).write_text(json.dumps(summary, indent=1))
+    return DatasetRun(summary, folders, items, report_dir)
 
 
 # --- what the tab shows ---------------------------------------------------------------------------------
@@ -104,67 +157,76 @@ def _f(x, fmt="{:.3f}") -> str:
     return "—" if x is None else fmt.format(x)
 
 
-def summary_rows(summary: dict, arch: str) -> list[list[str]]:
+def summary_rows(run: DatasetRun) -> list[list[str]]:
     rows = []
-    for v in zoo.VARIANTS:
-        s = summary["models"].get(arch, {}).get(v)
-        if s is None:
-            continue
-        for m in MAPS:
-            sm = s[m]
-            rows.append([VARIANT_TITLES[v], MAP_TITLES[m], _f(sm["mean_spearman"]), _f(sm["ceiling_normalised"]),
-                         str(sm["n_defined"]), str(sm["n_undefined"]), _f(sm["mean_dice"]), _f(sm["mean_iou"]),
-                         _f(s["top1_accuracy"], "{:.1%}")])
+    for arch in run.folders:
+        for v in zoo.VARIANTS:
+            s = run.summary["models"][arch][v]
+            for m in MAPS:
+                sm = s[m]
+                rows.append([arch, VARIANT_TITLES[v], MAP_TITLES[m], _f(sm["mean_spearman"]),
+                             _f(sm["ceiling_normalised"]), str(sm["n_defined"]), str(sm["n_undefined"]),
+                             _f(sm["mean_dice"]), _f(sm["mean_iou"]), _f(s["top1_accuracy"], "{:.1%}")])
     return rows
 
 
-def paired_rows(summary: dict, arch: str) -> list[list[str]]:
+def paired_rows(run: DatasetRun) -> list[list[str]]:
     rows = []
-    for m, s in summary["paired"].get(arch, {}).items():
-        ci = f"[{s['ci'][0]:+.3f}, {s['ci'][1]:+.3f}]" if s["ci"] else "—"
-        rows.append([MAP_TITLES[m], _f(s["mean_delta"], "{:+.4f}"), ci, _f(s["wilcoxon"]["p"], "{:.3g}"),
-                     str(s["n_pairs"])])
+    for arch in run.folders:
+        for m, s in run.summary["paired"].get(arch, {}).items():
+            ci = f"[{s['ci'][0]:+.3f}, {s['ci'][1]:+.3f}]" if s["ci"] else "—"
+            rows.append([arch, MAP_TITLES[m], _f(s["mean_delta"], "{:+.4f}"), ci, _f(s["wilcoxon"]["p"], "{:.3g}"),
+                         str(s["n_pairs"])])
     return rows
 
 
-def image_rows(out: Path, arch: str, items, names) -> list[list[str]]:
-    rows = evaluate.ResultStore(out / evaluate.CSV_NAME).rows
+def image_rows(run: DatasetRun) -> list[list[str]]:
     table = []
-    for it in items:
-        got = {v: rows.get((arch, v, it.shard, it.index)) for v in zoo.VARIANTS}
-        if any(r is None for r in got.values()):
-            continue
-        label = got["baseline"]["label"]
-        table.append([f"{it.shard}:{it.index}", labels.short_name(int(label), names) if label != "" else "—",
-                      *(labels.short_name(int(got[v]["predicted"]), names) for v in zoo.VARIANTS),
-                      *(_f(evaluate.parse_float(got[v][f"spearman_{m}"])) for m in MAPS for v in zoo.VARIANTS)])
+    for arch, out in run.folders.items():
+        rows = evaluate.ResultStore(out / evaluate.CSV_NAME).rows
+        names = class_names(arch)
+        for it in run.items:
+            got = {v: rows.get((arch, v, it.shard, it.index)) for v in zoo.VARIANTS}
+            if any(r is None for r in got.values()):
+                continue
+            label = got["baseline"]["label"]
+            table.append([arch, f"{it.shard}:{it.index}",
+                          labels.short_name(int(label), names) if label != "" else "—",
+                          *(labels.short_name(int(got[v]["predicted"]), names) for v in zoo.VARIANTS),
+                          *(_f(evaluate.parse_float(got[v][f"spearman_{m}"])) for m in MAPS for v in zoo.VARIANTS)])
     return table
 
 
-def headline(summary: dict, arch: str, seconds: Optional[float] = None) -> str:
-    n = summary["n_items"]
-    shard = ", ".join(Path(p).name for p in summary["shards"].values())
-    parts = [f"**{arch}** on the first **{n}** records of `{shard}` · geometry `{summary['geometry']}` · "
-             f"threshold {summary['threshold']:g} · ρ / ceiling divides by the inter-human ρ "
+def headline(run: DatasetRun, seconds: Optional[float] = None) -> str:
+    s = run.summary
+    shard = ", ".join(Path(p).name for p in s["shards"].values())
+    parts = [f"**{', '.join(run.folders)}** on the first **{s['n_items']}** records of `{shard}` · geometry "
+             f"`{s['geometry']}` · threshold {s['threshold']:g} · ρ / ceiling divides by the inter-human ρ "
              f"({metrics.HUMAN_CEILING:.3f})"]
-    for m, s in summary["paired"].get(arch, {}).items():
-        if s["mean_delta"] is not None:
-            parts.append(f"{MAP_TITLES[m]}: DCLS − baseline Δρ **{s['mean_delta']:+.3f}**"
-                         + (f" (Wilcoxon p {s['wilcoxon']['p']:.2g})" if s["wilcoxon"]["p"] is not None else ""))
+    for arch in run.folders:
+        for m, p in s["paired"].get(arch, {}).items():
+            if p["mean_delta"] is not None:
+                parts.append(f"{arch} {MAP_TITLES[m]}: DCLS − baseline Δρ **{p['mean_delta']:+.3f}**"
+                             + (f" (Wilcoxon p {p['wilcoxon']['p']:.2g})" if p["wilcoxon"]["p"] is not None else ""))
+    for arch, why in s["skipped"].items():
+        parts.append(f"**{arch} skipped**: {why}")
     if seconds is not None:
         parts.append(f"{seconds:.1f} s (records scored earlier with the same models and settings are reused)")
     return "  \n".join(parts)
 
 
-def bundle(out: Path, export_dir: Path) -> str:
-    """The run's files in one zip for download."""
+def bundle(run: DatasetRun, export_dir: Path) -> str:
+    """One zip: the combined summary, Table 1 and Figure 2, and each pair's run folder under its name."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-        for name in (evaluate.CSV_NAME, evaluate.SUMMARY_NAME, evaluate.TABLE_NAME, evaluate.SCATTER_NAME,
-                     evaluate.RUN_NAME):
-            if (out / name).is_file():
-                z.write(out / name, name)
-    path = Exports(export_dir).new_folder() / f"dclsviz_evaluation_{out.name}.zip"
+        for name in (evaluate.SUMMARY_NAME, evaluate.TABLE_NAME, evaluate.SCATTER_NAME):
+            if (run.report / name).is_file():
+                z.write(run.report / name, name)
+        for arch, out in run.folders.items():
+            for name in (evaluate.CSV_NAME, evaluate.SUMMARY_NAME, evaluate.RUN_NAME):
+                if (out / name).is_file():
+                    z.write(out / name, f"{arch}/{name}")
+    path = run.report / f"dclsviz_evaluation_{'_'.join(run.folders)}.zip"
     path.write_bytes(buf.getvalue())
     return str(path)
 
@@ -172,9 +234,9 @@ def bundle(out: Path, export_dir: Path) -> str:
 # --- the tab ---------------------------------------------------------------------------------------------
 
 
-def _error(e: UserError, arch: str) -> gr.Error:
+def _error(e: UserError) -> gr.Error:
     if isinstance(e, CheckpointProblem):
-        return gr.Error(f"The {arch} checkpoints are not available. {e}")
+        return gr.Error(f"The {e.arch} checkpoints are not available. {e}")
     return gr.Error(str(e))
 
 
@@ -183,10 +245,12 @@ def build(cfg: AppConfig) -> None:
     import time
 
     shards = shard_choices(cfg)
-    gr.Markdown("Score both models of a pair on the first records of a ClickMe-format shard: the study's "
-                "dataset numbers, with the per-image rows behind them. Larger runs: `python -m dclsviz evaluate`.")
+    gr.Markdown("Score both models of one or more pairs on the first records of a ClickMe-format shard: the "
+                "study's dataset numbers (Table 1, Figure 2), with the per-image rows behind them. Larger runs: "
+                "`python -m dclsviz evaluate`.")
     with gr.Row():
-        arch = gr.Dropdown(arch_choices(), value=default_arch(cfg), label="Model pair", elem_id="ds-arch")
+        arch = gr.Dropdown(arch_choices(), value=[default_arch(cfg)], multiselect=True, label="Model pairs",
+                           info="several pairs make Figure 2 a comparison across architectures", elem_id="ds-arch")
         shard = gr.Dropdown(shards, value=shards[0][1] if shards else None, label="Shard", elem_id="ds-shard")
         n_images = gr.Slider(1, MAX_IMAGES, DEFAULT_IMAGES, step=1, label="Records (first N)", elem_id="ds-n")
     with gr.Row():
@@ -194,11 +258,12 @@ def build(cfg: AppConfig) -> None:
         threshold = gr.Slider(0.0, 1.0, DEFAULT_THRESHOLD, step=0.05, label="Threshold")
         run_btn = gr.Button("Evaluate", variant="primary", elem_id="ds-run")
     headline_md = gr.Markdown(elem_id="ds-headline")
+    table = gr.Dataframe(headers=SUMMARY_HEADERS, label="Summary (means over the records)", interactive=False,
+                         elem_id="ds-summary")
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):
-            table = gr.Dataframe(headers=SUMMARY_HEADERS, label="Summary (means over the records)",
-                                 interactive=False, elem_id="ds-summary")
-            paired = gr.Dataframe(headers=PAIRED_HEADERS, label="Paired, per record: DCLS − baseline",
+            paired = gr.Dataframe(headers=PAIRED_HEADERS, label="Paired, per record: Δρ = DCLS − baseline, "
+                                  "bootstrap 95% CI of its mean, Wilcoxon signed-rank p, n pairs",
                                   interactive=False, elem_id="ds-paired")
             download = gr.DownloadButton("Download per-image CSV, summary, table and plot (zip)", visible=False,
                                          elem_id="ds-download")
@@ -211,15 +276,15 @@ def build(cfg: AppConfig) -> None:
     def ui_evaluate(a, sh, n, ge, th, progress=gr.Progress()):
         t0 = time.perf_counter()
         try:
-            summary, out = run_evaluation(a, sh, n, ge, th, cfg, progress)
+            run = run_evaluation(a, sh, n, ge, th, cfg, progress)
         except UserError as e:
-            raise _error(e, a) from None
-        items = evaluate.select_items(evaluate.open_shards([Path(p) for p in summary["shards"].values()]),
-                                      summary["n_items"])
-        scatter = out / evaluate.SCATTER_NAME
-        return (headline(summary, a, time.perf_counter() - t0), summary_rows(summary, a), paired_rows(summary, a),
-                str(scatter) if scatter.is_file() else None, image_rows(out, a, items, class_names(a)),
-                gr.update(value=bundle(out, cfg.export_dir), visible=True))
+            raise _error(e) from None
+        for arch_, why in run.summary["skipped"].items():
+            gr.Warning(f"{arch_} skipped: {why}")
+        scatter = run.report / evaluate.SCATTER_NAME
+        return (headline(run, time.perf_counter() - t0), summary_rows(run), paired_rows(run),
+                str(scatter) if scatter.is_file() else None, image_rows(run),
+                gr.update(value=bundle(run, cfg.export_dir), visible=True))
 
     run_btn.click(ui_evaluate, [arch, shard, n_images, geom, threshold],
                   [headline_md, table, paired, plot, per_image, download], api_visibility="private",
@@ -227,13 +292,14 @@ def build(cfg: AppConfig) -> None:
 
     def api_evaluate(arch: str, shard: str, n_images: int, geometry: str, threshold: float,
                      progress=gr.Progress()):
-        """Both models of `arch` on the first `n_images` (≤ 200) records of a listed shard ('' = the demo
-        shard): the summary (as `evaluate`'s summary.json) and a zip of the run's files."""
+        """Both models of each pair in `arch` (one name, or several comma-separated) on the first `n_images`
+        (≤ 200) records of a listed shard ('' = the demo shard): the summary (as `evaluate`'s summary.json, with
+        `skipped` pairs) and a zip of the run."""
         try:
-            summary, out = run_evaluation(arch, shard, n_images, geometry, threshold, cfg, progress)
+            run = run_evaluation(arch, shard, n_images, geometry, threshold, cfg, progress)
         except UserError as e:
-            raise _error(e, arch) from None
-        return summary, bundle(out, cfg.export_dir)
+            raise _error(e) from None
+        return run.summary, bundle(run, cfg.export_dir)
 
     with gr.Column(visible=False):
         inputs = [gr.Textbox(label="arch"), gr.Textbox(label="shard"), gr.Number(DEFAULT_IMAGES, label="n_images"),
