@@ -111,9 +111,10 @@ def default_arch(cfg: AppConfig) -> str:
 def device_text(cfg: AppConfig) -> str:
     import torch
 
-    dev = torch.device(cfg.device) if cfg.device else models.default_device()
     if os.environ.get("SPACES_ZERO_GPU") and _spaces_gpu() is not None:
+        # asked before torch.cuda is touched: ZeroGPU forbids initialising CUDA in the main process
         return "ZeroGPU (a CUDA GPU is attached for each comparison)"
+    dev = torch.device(cfg.device) if cfg.device else models.default_device()
     if dev.type == "cuda":
         return f"CUDA ({torch.cuda.get_device_name(dev)})"
     return f"CPU ({torch.get_num_threads()} threads)"
