@@ -12,39 +12,15 @@ Random weights (no download): speed does not depend on the values.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import torch
+from common import grad_cam_package, interleaved, median, random_pair
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from dclsviz import models, zoo  # noqa: E402
-from dclsviz.cam import CamEngine, combine  # noqa: E402
-from dclsviz.compare import Sample, compare  # noqa: E402
-
-
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def timed(fns: dict, repeats: int) -> dict:
-    """Median time of each function, measured in interleaved rounds so that load drifts hit all alike."""
-    for fn in fns.values():
-        fn()  # warm-up: allocator, oneDNN primitive caches
-    ts = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            _sync()
-            t = time.perf_counter()
-            fn()
-            _sync()  # CUDA work is asynchronous: time it to its end
-            ts[k].append(time.perf_counter() - t)
-    return {k: statistics.median(v) for k, v in ts.items()}
+from dclsviz import models
+from dclsviz.cam import CamEngine
+from dclsviz.compare import Sample, compare
 
 
 def main(argv=None) -> int:
@@ -53,12 +29,8 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--device", default="cpu")
     a = p.parse_args(argv)
-    torch.manual_seed(0)
     device = torch.device(a.device)
-
-    live = {v: models.build(zoo.get(a.arch, v)) for v in zoo.VARIANTS}
-    pair = {v: models.load(zoo.get(a.arch, v), state_dict=live[v].state_dict(), device=device)
-            for v in zoo.VARIANTS}
+    live, pair = random_pair(a.arch, device)
     side = pair["baseline"].entry.transform.crop
     rng = np.random.default_rng(0)
     image = (rng.random((side, side, 3)) * 255).astype(np.uint8)
@@ -78,18 +50,10 @@ def main(argv=None) -> int:
         compare(pair, sample, target="pred")
 
 
-    from pytorch_grad_cam import GradCAM
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
-    class ThresholdGradCAM(GradCAM):
-        # the package's base class sums weighted channels; the study's threshold variant differs only here
-        def get_cam_image(self, input_tensor, target_layer, targets, activations, grads, eigen_smooth):
-            _, t = combine(torch.from_numpy(activations), torch.from_numpy(grads), 0.3)
-            return t.numpy()
+    GradCAM, ThresholdGradCAM, ClassifierOutputTarget = grad_cam_package()
 
     # the package needs trainable parameters to backpropagate through its forward
-    gc_models = {v: models.load(zoo.get(a.arch, v), state_dict=live[v].state_dict(), device=device)
-                 for v in zoo.VARIANTS}
+    _, gc_models = random_pair(a.arch, device)
     for m in gc_models.values():
         m.model.requires_grad_(True)
 
@@ -105,9 +69,9 @@ def main(argv=None) -> int:
     live_dcls.requires_grad_(False)
     live_loaded = models.LoadedModel(pair["dcls"].entry, live_dcls, device, None, channels_last=False)
     frozen_engine, live_engine = CamEngine(pair["dcls"]), CamEngine(live_loaded)
-    t = timed({"floor": floor, "ours": ours, "pkg": gradcam_package,
-               "frozen": lambda: frozen_engine.explain(x, None), "live": lambda: live_engine.explain(x, None)},
-              a.repeats)
+    t = interleaved({"floor": floor, "ours": ours, "pkg": gradcam_package,
+                     "frozen": lambda: frozen_engine.explain(x, None), "live": lambda: live_engine.explain(x, None)},
+                    a.repeats, stat=median)
     t_floor, t_ours, t_pkg, t_frozen, t_live = (t[k] for k in ("floor", "ours", "pkg", "frozen", "live"))
 
     print(f"{a.arch} pair, {side}x{side}, device {device}, torch threads {torch.get_num_threads()}, "

@@ -20,65 +20,29 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from common import grad_cam_package, interleaved, random_pair
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from dclsviz import clickme, demo, evaluate, geometry, models, zoo  # noqa: E402
-from dclsviz.cam import CamEngine  # noqa: E402
-from dclsviz.compare import Sample, explain_batch, score_batch  # noqa: E402
-
-
-def best(fn, repeats: int) -> float:
-    return interleaved({"f": fn}, repeats)["f"]
-
-
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def interleaved(fns: dict, repeats: int) -> dict:
-    """Best time of each function over rounds that run each once, so load drifts hit all of them alike."""
-    for fn in fns.values():
-        fn()  # warm-up: allocator, oneDNN primitive caches
-    ts = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            _sync()
-            t = time.perf_counter()
-            fn()
-            _sync()  # CUDA work is asynchronous: time it to its end
-            ts[k].append(time.perf_counter() - t)
-    return {k: min(v) for k, v in ts.items()}
+from dclsviz import clickme, demo, evaluate, geometry, models, zoo
+from dclsviz.cam import CamEngine
+from dclsviz.compare import Sample, explain_batch, score_batch
 
 
 def load_pair(arch: str, device) -> dict:
-    """The demo pair's bundled weights, or random weights for a study architecture (speed does not depend on
-    the values, and no download is needed)."""
+    """The demo pair's bundled weights, or random weights for a study architecture."""
     if arch == demo.ARCH:
         return {v: models.load(zoo.get(arch, v), device=device) for v in zoo.VARIANTS}
-    torch.manual_seed(0)
-    return {v: models.load(zoo.get(arch, v), state_dict=models.build(zoo.get(arch, v)).state_dict(), device=device)
-            for v in zoo.VARIANTS}
+    return random_pair(arch, device)[1]
 
 
 def reference_loop(pair, samples, device):
     """The study's per-image evaluation: one pytorch-grad-cam call per map, scipy's spearmanr per map."""
-    from pytorch_grad_cam import GradCAM
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
     from scipy.stats import spearmanr
 
-    from dclsviz.cam import combine
-
-    class ThresholdGradCAM(GradCAM):
-        def get_cam_image(self, input_tensor, target_layer, targets, activations, grads, eigen_smooth):
-            return combine(torch.from_numpy(activations), torch.from_numpy(grads), 0.3)[1].numpy()
-
+    GradCAM, ThresholdGradCAM, ClassifierOutputTarget = grad_cam_package()
     nets = load_pair(pair["dcls"].entry.arch, device)  # copies: the package needs parameter gradients on
     for m in nets.values():
         m.model.requires_grad_(True)  # the package backpropagates into the parameters
