@@ -1,7 +1,7 @@
 """The Dataset tab and its ``/evaluate`` endpoint: a bounded ``evaluate`` run of one or more pairs over a
 listed shard, then the study's summary table, the paired statistics, Figure 2 and the per-image rows.
 
-The work is ``evaluate.evaluate``, ``write_report``, ``table1`` and ``scatter``, as for ``python -m dclsviz
+The work is ``evaluate.evaluate``, ``summarise``, ``table1`` and ``scatter``, as for ``python -m dclsviz
 evaluate``; this module picks the run folders, reports progress and lays out what those wrote. A pair's run
 folder is keyed by the pair, shard, geometry, threshold and checkpoint hashes, so asking again (or after a
 restart, or with other pairs beside it) reuses the rows already computed and only scores what is missing.
@@ -22,7 +22,7 @@ import gradio as gr
 
 from .. import evaluate, geometry, labels, metrics, zoo
 from ..cam import DEFAULT_THRESHOLD
-from ..compare import MAP_TITLES, MAPS
+from ..compare import MAP_TITLES, MAPS, versions
 from .present import Exports
 from .service import (AppConfig, CheckpointProblem, UserError, VARIANT_TITLES, arch_choices, check_settings,
                       class_names, default_arch, load_pair, on_gpu, open_shard, resolve_shard, shard_choices,
@@ -129,18 +129,21 @@ def run_evaluation(archs, shard: Optional[str], n_images, geometry_name: str, th
                 evaluate.evaluate([arch], list(zoo.VARIANTS), shards, items, out, geometry=geometry_name,
                                   threshold=th, batch_size=BATCH, progress=False, on_progress=report,
                                   log=lambda msg: None, loader=lambda a, v: pair[v])
-                part = evaluate.write_report(out, [arch], list(zoo.VARIANTS), shards, items,
-                                             geometry=geometry_name, threshold=th, limit=n)
+                # the pair's numbers only: the figure and table are drawn once, over every pair, below
+                part = evaluate.summarise(evaluate.ResultStore(out / evaluate.CSV_NAME).rows, [arch],
+                                          list(zoo.VARIANTS), items)
+                shas = evaluate.RunRecord(out, geometry_name, th).checkpoints
             except evaluate.EvaluationError as e:
                 raise UserError(str(e)) from None
-        for key in ("models", "paired", "checkpoints"):
-            summary[key].update(part[key])
+        summary["models"].update(part["models"])
+        summary["paired"].update(part["paired"])
+        summary["checkpoints"].update(shas)
         summary["runs"][arch] = str(out)
         folders[arch] = out
     if not folders:
         raise UserError("no pair could be evaluated: " + "; ".join(f"{a}: {why}" for a, why in
                                                                    summary["skipped"].items()))
-    summary["versions"] = part["versions"]
+    summary["versions"] = versions()
     report_dir = Exports(cfg.export_dir).new_folder()
     ran = list(folders)
     evaluate.scatter(summary["models"], report_dir / evaluate.SCATTER_NAME,
@@ -223,7 +226,7 @@ def bundle(run: DatasetRun, export_dir: Path) -> str:
             if (run.report / name).is_file():
                 z.write(run.report / name, name)
         for arch, out in run.folders.items():
-            for name in (evaluate.CSV_NAME, evaluate.SUMMARY_NAME, evaluate.RUN_NAME):
+            for name in (evaluate.CSV_NAME, evaluate.RUN_NAME):
                 if (out / name).is_file():
                     z.write(out / name, f"{arch}/{name}")
     path = run.report / f"dclsviz_evaluation_{'_'.join(run.folders)}.zip"
