@@ -86,7 +86,7 @@ def score_batch(maps: Sequence[dict[str, np.ndarray]], humans: Sequence[Optional
                 device=None) -> list[dict[str, dict]]:
     """Spearman, ceiling-normalised ρ, Dice and IoU of every map of every image against its human map.
 
-    One call for a whole batch: the metric ranks all of its maps together, on ``device`` (the models').
+    One call for a whole batch: each map is sorted once for all four, on ``device`` (the models').
     """
     out: list[dict[str, dict]] = [{k: {"spearman": None, "ceiling": None, "dice": None, "iou": None} for k in m}
                                   for m in maps]
@@ -96,9 +96,9 @@ def score_batch(maps: Sequence[dict[str, np.ndarray]], humans: Sequence[Optional
     names = list(maps[have[0]])
     ms = np.stack([np.stack([maps[i][k] for k in names]) for i in have])
     hs = np.stack([humans[i] for i in have])
-    for i, rhos, overlaps in zip(have, metrics.spearman_pairs(ms, hs, device), metrics.dice_iou_pairs(ms, hs)):
+    for i, scores in zip(have, metrics.score_pairs(ms, hs, device=device)):
         out[i] = {k: {"spearman": r, "ceiling": metrics.ceiling_normalised(r), "dice": d, "iou": j}
-                  for k, r, (d, j) in zip(names, rhos, overlaps)}
+                  for k, (r, d, j) in zip(names, scores)}
     return out
 
 

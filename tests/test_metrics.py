@@ -163,11 +163,58 @@ def test_ranking_paths_agree_with_scipy_exactly(device):
     rows = torch.nn.functional.interpolate(torch.from_numpy(low), size=(224, 224), mode="bilinear",
                                            align_corners=False).relu().reshape(6, -1).numpy()  # many ties at 0
     rows[5] = np.round(rows[5], 2)
+    rows[4] -= 0.2  # negative values too
     want = np.stack([rankdata(r) - rankdata(r).mean() for r in rows])
-    np.testing.assert_array_equal(metrics._centred_ranks_block(rows), want)
+    order, keys = metrics._sort_rows(rows)
+    cpu = np.empty_like(want)
+    np.put_along_axis(cpu, order.astype(np.intp), metrics._centred_at_sorted(keys), 1)
+    np.testing.assert_array_equal(cpu, want)
+    np.testing.assert_array_equal(metrics._key_values(keys), np.sort(rows, axis=1))
     np.testing.assert_array_equal(metrics._centred_ranks_torch(torch.from_numpy(rows).to(device)).cpu().numpy(),
                                   want)
     human = rows[0].reshape(224, 224)
     np.testing.assert_allclose(metrics.spearman_pairs(rows[None, 1:].reshape(1, 5, 224, 224), human[None],
                                                       device)[0],
                                metrics.spearman_many(rows[1:].reshape(5, 224, 224), human), rtol=0, atol=1e-12)
+
+
+def _awkward_maps(rng, kind: int, n: int, k: int):
+    """Model maps (n, k, ...) of one kind that ranking and thresholding must get right."""
+    if kind == 0:  # CAM-like: upsampled, a plateau of ties at 0
+        low = rng.random((n * k, 1, 7, 7)).astype(np.float32) - 0.4
+        up = torch.nn.functional.interpolate(torch.from_numpy(low), size=(56, 56), mode="bilinear").relu()
+        return up.numpy().reshape(n, k, 56, 56)
+    if kind == 1:  # many tie groups, negative values
+        return np.round(rng.normal(size=(n, k, 50, 40)), 1).astype(np.float32)
+    if kind == 2:  # -0.0 beside 0.0: equal values that differ in their bits
+        ms = np.where(rng.random((n, k, 50, 40)) < 0.5, np.float32(-0.0), np.float32(0.0)).astype(np.float32)
+        ms[..., :10, :] = rng.normal(size=(n, k, 10, 40))
+        return ms
+    ms = rng.normal(size=(n, k, 50, 40)).astype(np.float32)  # degenerate maps beside ordinary ones
+    ms[0, 0] = 0.3
+    ms[-1, -1, 0, 0] = np.nan
+    ms[n // 2, k // 2, 1, 1] = -np.inf
+    return ms
+
+
+@pytest.mark.parametrize("kind", range(4))
+def test_score_pairs_equals_the_definitions(kind):
+    """One sort per map gives scipy's rho and the reference's masks' Dice and IoU, bit for bit."""
+    rng = np.random.default_rng(kind)
+    for n, k in ((1, 1), (2, 3), (5, 2)):
+        ms = _awkward_maps(rng, kind, n, k)
+        hs = np.maximum(rng.normal(size=(n,) + ms.shape[2:]), 0).astype(np.float32)
+        if kind == 3:
+            hs[-1] = 1.0  # a constant human map
+        got = metrics.score_pairs(ms, hs)
+        assert metrics.spearman_pairs(ms, hs) == [[r for r, _, _ in row] for row in got]
+        overlaps = metrics.dice_iou_pairs(ms, hs)
+        for i in range(n):
+            for j in range(k):
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # scipy warns about the constant maps
+                    ref = scipy.stats.spearmanr(ms[i, j].ravel(), hs[i].ravel())[0] if np.isfinite(ms[i, j]).all() \
+                        else np.nan  # what scipy makes of an infinite pixel is not the reference's "undefined"
+                rho, dice, iou = got[i][j]
+                assert rho is None if np.isnan(ref) else abs(rho - ref) <= 1e-12, (n, k, i, j)
+                assert (dice, iou) == overlaps[i][j]
