@@ -12,6 +12,7 @@ score as `np.mean` does in the reference.
 from __future__ import annotations
 
 import math
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable, Optional, Sequence
 
@@ -40,7 +41,8 @@ def _pairs(model_maps, human_maps) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _sort_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each finite float32 row sorted: (the pixel at each sorted position, uint32; the sorted values' keys).
+    """Each float32 row sorted, NaNs beyond the infinities: (the pixel at each sorted position, uint32; the
+    sorted values' keys).
 
     A float's bits, sign-flipped (all bits when negative), order as unsigned integers as the floats do; with
     the pixel index in the low half, one sort of 64-bit integers (SIMD in NumPy) replaces an argsort, which
@@ -51,11 +53,12 @@ def _sort_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     flip = (bits.view(np.int32) >> 31).view(np.uint32)  # all ones where negative
     flip |= np.uint32(0x80000000)
     packed = np.empty((r, p), np.uint64)
-    halves = packed.view(np.uint32).reshape(r, p, 2)  # little-endian: [..., 0] is the low half
-    np.bitwise_xor(bits, flip, out=halves[..., 1])
-    halves[..., 0] = np.arange(p, dtype=np.uint32)
+    halves = packed.view(np.uint32).reshape(r, p, 2)
+    lo, hi = (0, 1) if sys.byteorder == "little" else (1, 0)
+    np.bitwise_xor(bits, flip, out=halves[..., hi])
+    halves[..., lo] = np.arange(p, dtype=np.uint32)
     packed.sort(axis=1)
-    return halves[..., 0], halves[..., 1]
+    return halves[..., lo], halves[..., hi]
 
 
 _KEY_NEG_INF, _KEY_POS_INF = 0x007FFFFF, 0xFF800000  # the keys of -inf and +inf
@@ -114,24 +117,54 @@ def _rho(cov: np.ndarray, var_m: np.ndarray, var_h: np.ndarray) -> np.ndarray:
     return np.clip(cov / np.sqrt(var_m) / np.sqrt(var_h), -1.0, 1.0)
 
 
-def _scores_sorted(ms: np.ndarray, hs: np.ndarray, top: Optional[float]) -> tuple[np.ndarray, np.ndarray,
-                                                                                  Optional[np.ndarray]]:
-    """Spearman (and, with ``top``, the top-pixel masks' counts) of (n, k, p) model maps against (n, p)
-    human maps from one sort per map. Returns rho (n, k) (NaN where undefined), ranked (n, k) and the counts
-    (n, k, 3: intersection, model mask, human mask; -1 where the sorted path does not apply)."""
-    n, k, p = ms.shape
-    order, keys = _sort_rows(np.concatenate([ms.reshape(n * k, p), hs]))
+def _sort_summary(rows: np.ndarray, top: Optional[float]):
+    """Per row: the sort order, whether it has a ranking, the centred ranks at the sorted positions and,
+    with ``top``, how many pixels lie above the reference's percentile threshold."""
+    order, keys = _sort_rows(rows)
     # NaNs sort beyond the infinities, so the ends of a sorted row say whether it has a ranking at all
     ok = (keys[:, 0] > _KEY_NEG_INF) & (keys[:, -1] < _KEY_POS_INF) & (keys[:, 0] != keys[:, -1])
-    centred = _centred_at_sorted(keys)
+    above = None
+    if top is not None:
+        # The reference's mask is `map > percentile(map)`: on sorted values, a suffix of the order. The
+        # percentile depends on the values alone, so it is taken on the sorted row (the same result, sooner).
+        values = _key_values(keys)
+        with np.errstate(invalid="ignore"):  # rows with NaN or infinite values: their counts go unused
+            thr = np.percentile(values, 100.0 - 100.0 * top, axis=1)
+            above = np.count_nonzero(values > thr[:, None], axis=1)
+    return order, ok, _centred_at_sorted(keys), above
+
+
+_pool: Optional[ThreadPoolExecutor] = None
+
+
+def _in_halves(fn, arrays: tuple, *args) -> tuple:
+    """``fn(*arrays, *args)`` on the first and second halves of the arrays on two threads, the tuples it
+    returns joined. NumPy's sorts release the GIL."""
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(2, thread_name_prefix="dclsviz-rank")
+    half = len(arrays[0]) // 2
+    parts = list(_pool.map(lambda s: fn(*(a[s] for a in arrays), *args), (slice(0, half), slice(half, None))))
+    return tuple(None if parts[0][i] is None else np.concatenate([q[i] for q in parts])
+                 for i in range(len(parts[0])))
+
+
+def _scores_sorted(ms: np.ndarray, hs: np.ndarray, top: Optional[float],
+                   threads: bool = False) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+    """Spearman (and, with ``top``, the top-pixel masks' counts) of (n, k, p) model maps against (n, p)
+    human maps from one sort per map. Returns rho (n, k) (NaN where undefined), defined (n, k) and the counts
+    (n, k, 3: intersection, model mask, human mask; -1 where the sorted path does not apply).
+    ``threads``: sort the rows on two threads (for one image; a batch is better split by images)."""
+    n, k, p = ms.shape
+    rows = np.concatenate([ms.reshape(n * k, p), hs])
+    order, ok, centred, above = _in_halves(_sort_summary, (rows,), top) if threads else _sort_summary(rows, top)
     cm, ch = centred[: n * k].reshape(n, k, p), centred[n * k:]
+    om, oh = order[: n * k].reshape(n, k, p), order[n * k:]
     # one flat index per (image, pixel): flat gathers and scatters are far cheaper than *_along_axis
     offsets = (np.arange(n) * p)[:, None]
-    om = order[: n * k].reshape(n, k, p) + offsets[:, :, None]
-    oh = order[n * k:] + offsets
     rh = np.empty(n * p)
-    rh[oh] = ch  # the human ranks in pixel order, then read in each model map's order
-    aligned = rh[om]
+    rh[oh + offsets] = ch  # the human ranks in pixel order, then read in each model map's order
+    aligned = rh[om + offsets[:, :, None]]
     n1 = p - 1
     cov = np.einsum("nkp,nkp->nk", cm, aligned) / n1
     var_m = np.einsum("nkp,nkp->nk", cm, cm) / n1
@@ -142,37 +175,17 @@ def _scores_sorted(ms: np.ndarray, hs: np.ndarray, top: Optional[float]) -> tupl
         rho = np.where(defined, _rho(cov, var_m, var_h[:, None]), np.nan)
     if top is None:
         return rho, defined, None
-    # The reference's mask is `map > percentile(map)`: on sorted values, a suffix of the order. The
-    # percentile depends on the values alone, so it is taken on the sorted row (the same result, sooner).
-    values = _key_values(keys)
-    thr = np.percentile(values, 100.0 - 100.0 * top, axis=1)
-    above = np.count_nonzero(values > thr[:, None], axis=1)
     am, ah = above[: n * k].reshape(n, k), above[n * k:]
     counts = np.full((n, k, 3), -1, np.int64)
+    hmask = np.empty(p, bool)
     for i in range(n):
         if not (ok_h[i] and ok_m[i].all()):
             continue  # a degenerate map: the generic masks decide
-        hmask = np.zeros(n * p, bool)
+        hmask[:] = False
         hmask[oh[i, p - ah[i]:]] = True
         for j in range(k):
             counts[i, j] = (np.count_nonzero(hmask[om[i, j, p - am[i, j]:]]), am[i, j], ah[i])
     return rho, defined, counts
-
-
-_pool: Optional[ThreadPoolExecutor] = None
-
-
-def _in_halves(fn, ms: np.ndarray, hs: np.ndarray, *args):
-    """``fn`` on the images in two halves on two threads (NumPy's sorts release the GIL), results joined."""
-    global _pool
-    if len(ms) < 2:
-        return fn(ms, hs, *args)
-    if _pool is None:
-        _pool = ThreadPoolExecutor(2, thread_name_prefix="dclsviz-rank")
-    half = len(ms) // 2
-    parts = list(_pool.map(lambda s: fn(ms[s], hs[s], *args), (slice(0, half), slice(half, None))))
-    return tuple(None if parts[0][i] is None else np.concatenate([q[i] for q in parts])
-                 for i in range(len(parts[0])))
 
 
 def _spearman_torch(ms: np.ndarray, hs: np.ndarray, device) -> tuple[np.ndarray, np.ndarray]:
@@ -199,7 +212,9 @@ def _rank_scores(ms: np.ndarray, hs: np.ndarray, device, top: Optional[float]):
 
     if device is not None and torch.device(device).type != "cpu":
         return (*_spearman_torch(ms, hs, device), None)
-    return _in_halves(_scores_sorted, ms, hs, top)
+    if len(ms) == 1:
+        return _scores_sorted(ms, hs, top, threads=True)
+    return _in_halves(_scores_sorted, (ms, hs), top)
 
 
 def score_pairs(model_maps, human_maps, top: float = 0.10, device=None) -> list[list[tuple]]:
