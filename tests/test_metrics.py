@@ -208,6 +208,11 @@ def test_score_pairs_equals_the_definitions(kind):
             hs[-1] = 1.0  # a constant human map
         got = metrics.score_pairs(ms, hs)
         assert metrics.spearman_pairs(ms, hs) == [[r for r, _, _ in row] for row in got]
+        # the ranking used on the models' GPU: the same rho, run here on the test device
+        rho_t, defined_t = metrics._spearman_torch(ms.reshape(n, k, -1), hs.reshape(n, -1), TEST_DEVICE)
+        assert defined_t.tolist() == [[r is not None for r, _, _ in row] for row in got]
+        np.testing.assert_allclose(rho_t[defined_t], [r for row in got for r, _, _ in row if r is not None],
+                                   rtol=0, atol=1e-12)
         overlaps = metrics.dice_iou_pairs(ms, hs)
         for i in range(n):
             for j in range(k):
