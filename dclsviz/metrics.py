@@ -112,9 +112,17 @@ def _ranked_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.where(ok[:, None], rows, np.float32(0)), ok
 
 
-def _rho(cov: np.ndarray, var_m: np.ndarray, var_h: np.ndarray) -> np.ndarray:
-    # np.corrcoef's operations (what spearmanr uses) on the centred ranks' sums
-    return np.clip(cov / np.sqrt(var_m) / np.sqrt(var_h), -1.0, 1.0)
+def _rho(cov: np.ndarray, var_m: np.ndarray, var_h: np.ndarray, ok: np.ndarray,
+         p: int) -> tuple[np.ndarray, np.ndarray]:
+    """rho (n, k), NaN where undefined, and defined (n, k), from the centred ranks' sums of products
+    (n, k), (n, k), (n,) and each row's ``ok`` (the n*k model rows, then the n human rows)."""
+    n, k = cov.shape
+    ok_m, ok_h = ok[: n * k].reshape(n, k), ok[n * k:]
+    defined = ok_m & ok_h[:, None]
+    n1 = p - 1  # np.corrcoef's operations (what spearmanr uses)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rho = np.clip((cov / n1) / np.sqrt(var_m / n1) / np.sqrt(var_h[:, None] / n1), -1.0, 1.0)
+    return np.where(defined, rho, np.nan), defined
 
 
 def _sort_summary(rows: np.ndarray, top: Optional[float]):
@@ -165,21 +173,15 @@ def _scores_sorted(ms: np.ndarray, hs: np.ndarray, top: Optional[float],
     rh = np.empty(n * p)
     rh[oh + offsets] = ch  # the human ranks in pixel order, then read in each model map's order
     aligned = rh[om + offsets[:, :, None]]
-    n1 = p - 1
-    cov = np.einsum("nkp,nkp->nk", cm, aligned) / n1
-    var_m = np.einsum("nkp,nkp->nk", cm, cm) / n1
-    var_h = np.einsum("np,np->n", ch, ch) / n1
-    ok_m, ok_h = ok[: n * k].reshape(n, k), ok[n * k:]
-    defined = ok_m & ok_h[:, None]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rho = np.where(defined, _rho(cov, var_m, var_h[:, None]), np.nan)
+    rho, defined = _rho(np.einsum("nkp,nkp->nk", cm, aligned), np.einsum("nkp,nkp->nk", cm, cm),
+                        np.einsum("np,np->n", ch, ch), ok, p)
     if top is None:
         return rho, defined, None
     am, ah = above[: n * k].reshape(n, k), above[n * k:]
     counts = np.full((n, k, 3), -1, np.int64)
     hmask = np.empty(p, bool)
     for i in range(n):
-        if not (ok_h[i] and ok_m[i].all()):
+        if not defined[i].all():
             continue  # a degenerate map: the generic masks decide
         hmask[:] = False
         hmask[oh[i, p - ah[i]:]] = True
@@ -195,15 +197,8 @@ def _spearman_torch(ms: np.ndarray, hs: np.ndarray, device) -> tuple[np.ndarray,
     rows, ok = _ranked_rows(np.concatenate([ms.reshape(n * k, p), hs]))
     ranks = _centred_ranks_torch(torch.from_numpy(rows).to(device))
     rm, rh = ranks[: n * k].reshape(n, k, p), ranks[n * k:]
-    n1 = p - 1
-    cov = torch.einsum("nkp,np->nk", rm, rh) / n1
-    var_m = torch.einsum("nkp,nkp->nk", rm, rm) / n1
-    var_h = torch.einsum("np,np->n", rh, rh) / n1
-    ok_m, ok_h = ok[: n * k].reshape(n, k), ok[n * k:]
-    defined = ok_m & ok_h[:, None]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rho = _rho(cov.cpu().numpy(), var_m.cpu().numpy(), var_h.cpu().numpy()[:, None])
-    return np.where(defined, rho, np.nan), defined
+    sums = (torch.einsum("nkp,np->nk", rm, rh), torch.einsum("nkp,nkp->nk", rm, rm), torch.einsum("np,np->n", rh, rh))
+    return _rho(*(t.cpu().numpy() for t in sums), ok, p)
 
 
 def _rank_scores(ms: np.ndarray, hs: np.ndarray, device, top: Optional[float]):
