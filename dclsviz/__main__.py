@@ -142,6 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_evaluate(sub)
 
+    from .review import add_parser as add_review
+
+    add_review(sub)
+
     from .demo import train as demo_train
 
     d = sub.add_parser("demo", help="the offline demo pair: `demo train` regenerates it")

@@ -27,6 +27,13 @@ MAX_INDEX_DIGITS = 12
 # Photos uploaded into one review session, and their total size.
 MAX_SESSION_PHOTOS = 100
 MAX_SESSION_UPLOAD_BYTES = 200 * 1024 * 1024
+# A review token or invite code as sent (ours are ~40 characters); longer strings are refused before hashing.
+MAX_TOKEN_CHARS = 200
+# Tokens one request may present (listing sessions), and reviewers who may join one session.
+MAX_TOKENS_PER_REQUEST = 50
+MAX_SESSION_REVIEWERS = 50
+# Hugging Face usernames an organiser may allow into one session.
+MAX_HF_USERS = 100
 
 _ASCII_INT = re.compile(r"[0-9]{1,%d}" % MAX_INDEX_DIGITS)
 

@@ -1,7 +1,8 @@
 """Paired statistics of DCLS against its baseline on the same images, and of reviewers' preferences.
 
 Thin on purpose: scipy does the arithmetic (``wilcoxon``, ``bootstrap``, ``binomtest``), so the
-numbers a reader recomputes with scipy from ``per_image.csv`` are the same numbers, bit for bit.
+numbers a reader recomputes with scipy from ``per_image.csv`` are the same numbers, bit for bit. Fleiss' κ,
+which scipy lacks, is written out from its definition (Fleiss 1971).
 """
 
 from __future__ import annotations
@@ -72,8 +73,38 @@ def bootstrap_mean_ci(values: Sequence[float], *, n_resamples: int = N_RESAMPLES
     return None if lo is None or hi is None else [lo, hi]
 
 
-def preference(k: int, n: int) -> dict:
-    """k of n decided verdicts chose DCLS: the rate and scipy's two-sided exact binomial test against 1/2."""
+def preference(k: int, n: int, confidence: float = CONFIDENCE) -> dict:
+    """k of n decided verdicts chose DCLS: the rate, scipy's two-sided exact binomial test against 1/2, and
+    the ``confidence`` Wilson score interval of the rate (``binomtest(k, n).proportion_ci(method="wilson")``;
+    Wilson rather than Clopper-Pearson because the exact interval is conservative at the small n of a session).
+    """
     if n == 0:
-        return {"n": 0, "k": 0, "rate": None, "p": None}
-    return {"n": int(n), "k": int(k), "rate": k / n, "p": float(sps.binomtest(int(k), int(n), 0.5).pvalue)}
+        return {"n": 0, "k": 0, "rate": None, "p": None, "ci": None, "ci_method": "wilson"}
+    test = sps.binomtest(int(k), int(n), 0.5)
+    ci = test.proportion_ci(confidence_level=confidence, method="wilson")
+    return {"n": int(n), "k": int(k), "rate": k / n, "p": float(test.pvalue), "ci": [float(ci.low), float(ci.high)],
+            "ci_method": "wilson"}
+
+
+def fleiss_kappa(counts) -> dict:
+    """Fleiss' κ of ``counts[subject, category]``: how many raters put each subject in each category, every
+    subject rated by the same number (at least 2) of raters.
+
+    Returns {kappa, p_bar, p_e, n_subjects, n_raters}: P̄ the mean agreement per subject, P̄e the agreement
+    expected by chance from the category totals, κ = (P̄ − P̄e) / (1 − P̄e); κ is None when P̄e = 1 (every
+    rating in one category, where chance explains all agreement and κ is undefined).
+    """
+    x = np.asarray(counts, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] < 2:
+        raise ValueError(f"Fleiss' kappa needs a (subjects, categories) table with both > 0, not {x.shape}")
+    if (x < 0).any() or not np.array_equal(x, np.round(x)):
+        raise ValueError("Fleiss' kappa counts raters: whole numbers >= 0")
+    n = x.sum(axis=1)
+    if not (n == n[0]).all() or n[0] < 2:
+        raise ValueError("Fleiss' kappa needs every subject rated by the same number (>= 2) of raters")
+    raters = float(n[0])
+    p_j = x.sum(axis=0) / x.sum()
+    p_i = ((x * x).sum(axis=1) - raters) / (raters * (raters - 1))
+    p_bar, p_e = float(p_i.mean()), float((p_j * p_j).sum())
+    kappa = None if math.isclose(p_e, 1.0) else (p_bar - p_e) / (1 - p_e)
+    return {"kappa": kappa, "p_bar": p_bar, "p_e": p_e, "n_subjects": int(x.shape[0]), "n_raters": int(raters)}
