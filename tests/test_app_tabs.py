@@ -94,15 +94,19 @@ def test_review_verdicts_survive_kill_9_and_restart(tmp_path):
     server = start_server(home)
     try:
         c = make_client(server, tmp_path / "dl1")
-        p = c.predict("alice-1", "", 3, 5, "demo", "11", api_name="/review_create")
-        assert p["n_items"] == 5 and p["n_done"] == 0
+        made = c.predict("alice-1", "", 3, 5, "demo", "11", api_name="/review_create")
+        assert made["n_items"] == 5 and made["organiser_token"] and made["invite_code"]
+        me = c.predict(made["invite_code"], "alice", api_name="/review_join")
+        assert me["n_done"] == 0
+        token = me["reviewer_token"]
         given = []
         for verdict, note in [("A", "sharper"), ("tie", "")]:
-            shown = c.predict("alice-1", api_name="/review_next")
+            shown, *pictures = c.predict(token, api_name="/review_next")
             assert not shown["finished"] and "variant" not in json.dumps(shown)  # still blind
-            c.predict("alice-1", shown["position"], verdict, note, api_name="/review_verdict")
+            assert all(Path(p).is_file() for p in pictures[:1] + pictures[2:])  # image and the four maps
+            c.predict(token, shown["position"], verdict, note, api_name="/review_verdict")
             given.append((shown["position"], verdict, note))
-        third = c.predict("alice-1", api_name="/review_next")  # shown, not yet judged
+        third = c.predict(token, api_name="/review_next")[0]  # shown, not yet judged
         server.proc.send_signal(signal.SIGKILL)
         server.proc.wait(timeout=30)
     finally:
@@ -112,44 +116,48 @@ def test_review_verdicts_survive_kill_9_and_restart(tmp_path):
     server = start_server(home)
     try:
         c = make_client(server, tmp_path / "dl2")
-        listed = {s["name"]: s for s in c.predict(api_name="/review_sessions")}
-        assert listed["alice-1"]["n_done"] == 2 and listed["alice-1"]["n_items"] == 5
-        shown = c.predict("alice-1", api_name="/review_next")
+        listed = {s["session"]: s for s in c.predict(token, api_name="/review_sessions")}
+        assert listed[made["session"]]["n_done"] == 2 and listed[made["session"]]["n_items"] == 5
+        shown = c.predict(token, api_name="/review_next")[0]
         assert shown["position"] == third["position"] == 2  # resumes exactly where it stopped
-        c.predict("alice-1", 2, "B", "after the crash", api_name="/review_verdict")
+        c.predict(token, 2, "B", "after the crash", api_name="/review_verdict")
         given.append((2, "B", "after the crash"))
-        revealed, csv_path = c.predict("alice-1", api_name="/review_reveal")
+        revealed, csv_path = c.predict(made["organiser_token"], api_name="/review_reveal")
     finally:
         stop_server(server)
 
     # the database file itself, read without the app
-    items = review.items("alice-1", db=db)
-    assert [(it.position, it.verdict, it.note or "") for it in items if it.verdict] == given
-    assert revealed == json.loads(json.dumps(review.reveal("alice-1", db=db)))
-    dcls_preferred = sum(it.variant_for(it.verdict) == "dcls" for it in items if it.verdict in ("A", "B"))
+    judged = review.verdicts(made["session"], me["reviewer"], db=db)
+    assert [(v.item.position, v.verdict, v.note or "") for v in judged] == given
+    assert revealed == json.loads(json.dumps(review.reveal(made["session"], db=db)))
+    dcls_preferred = sum(v.preferred == "dcls" for v in judged)
     assert revealed["dcls_preferred"] == dcls_preferred and revealed["n_verdicts"] == 3
     with open(csv_path, newline="") as f:
         rows = list(csv.DictReader(f))
     assert [(int(r["position"]), r["verdict"], r["note"]) for r in rows] == given
-    for r, it in zip(rows, [it for it in items if it.verdict]):
-        assert r["a_variant"] == it.a_variant and r["preferred"] == it.preferred
-        assert r["ref"] == f"{DEMO_SHARD.resolve()}:{3 + it.position}"
+    for r, v in zip(rows, judged):
+        assert r["a_variant"] == v.item.a_variant and r["preferred"] == v.preferred
+        assert r["ref"] == f"{DEMO_SHARD.name}:{3 + v.item.position}"  # the shard's file name, not its folder
+        assert r["reviewer"] == me["reviewer"] and r["reviewer_name"] == "alice"
         for m in MAPS:
-            assert float(r[f"spearman_dcls_{m}"]) == it.spearman("dcls", m)
+            assert float(r[f"spearman_dcls_{m}"]) == v.item.spearman("dcls", m)
 
 
 def test_review_endpoint_errors_keep_serving(client):
     from gradio_client.exceptions import AppError
 
-    with pytest.raises(AppError, match="no review session"):
-        client.predict("nobody", api_name="/review_next")
-    client.predict("bob", "examples", 0, 0, "demo", "", api_name="/review_create")
-    with pytest.raises(AppError, match="exists"):
-        client.predict("bob", "", 0, 3, "demo", "", api_name="/review_create")
+    with pytest.raises(AppError, match="does not open a review session"):
+        client.predict("rvr_nobody", api_name="/review_next")
+    made = client.predict("bob", "examples", 0, 0, "demo", "", api_name="/review_create")
+    again = client.predict("bob", "", 0, 3, "demo", "", api_name="/review_create")  # names may repeat
+    assert again["session"] != made["session"]
+    token = client.predict(made["invite_code"], "bob", api_name="/review_join")["reviewer_token"]
     with pytest.raises(AppError, match="not been shown"):
-        client.predict("bob", 1, "A", "", api_name="/review_verdict")
+        client.predict(token, 1, "A", "", api_name="/review_verdict")
     with pytest.raises(AppError, match="verdict is one of"):
-        client.predict("bob", 0, "C", "", api_name="/review_verdict")
-    shown = client.predict("bob", api_name="/review_next")
-    assert shown["kind"] == "photo" and shown["position"] == 0
-    assert client.predict("bob", 0, "neither", "", api_name="/review_verdict")["n_done"] == 1
+        client.predict(token, 0, "C", "", api_name="/review_verdict")
+    with pytest.raises(AppError, match="needs a reviewer token"):
+        client.predict(made["organiser_token"], api_name="/review_next")
+    shown = client.predict(token, api_name="/review_next")[0]
+    assert shown["kind"] == "photo" and shown["position"] == 0 and shown["sample"] == "astronaut.jpg"
+    assert client.predict(token, 0, "neither", "", api_name="/review_verdict")["n_done"] == 1
