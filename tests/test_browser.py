@@ -133,6 +133,10 @@ def test_review_session_blind_verdicts_and_reveal(page):
     page.locator("#rv-name textarea, #rv-name input").first.fill("browser-review")
     page.locator("#rv-create").click()
     page.wait_for_function("() => /item 1 of 20/.test(document.querySelector('#rv-progress').innerText)")
+    # the organiser sees the two secrets once, each with a copy button
+    assert page.locator("#rv-org-token textarea, #rv-org-token input").first.input_value().startswith("rvo_")
+    assert page.locator("#rv-invite textarea, #rv-invite input").first.input_value().startswith("rvi_")
+    assert page.locator("#rv-invite button[aria-label*=opy], #rv-invite button[title*=opy]").count() >= 1
     for side in ("A", "B"):
         for m in MAPS:
             page.wait_for_selector(f"#rv-{side}-{m} img")
@@ -151,10 +155,19 @@ def test_review_session_blind_verdicts_and_reveal(page):
     page.locator("#rv-reveal").click()
     page.wait_for_function("() => /2 verdicts/.test(document.querySelector('#rv-reveal-text').innerText)")
     text = page.locator("#rv-reveal-text").inner_text()
-    assert "DCLS preferred" in text and "tie 1" in text
+    assert "DCLS preferred" in text and "tie 1" in text and "95 % CI" in text  # the organiser's reveal
     page.wait_for_selector("#rv-csv", state="visible")
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "screenshot_review.png"), full_page=True)
+
+    # a reload forgets the page, not the tokens: the browser's storage still holds them
+    page.reload()
+    page.wait_for_selector("#run")
+    page.get_by_role("tab", name="Review").click()
+    page.locator("#rv-existing input").click()
+    page.get_by_role("option", name="browser-review · reviewer · 2/20 judged").click()
+    page.locator("#rv-resume").click()
+    page.wait_for_function("() => /item 3 of 20 · 2 judged/.test(document.querySelector('#rv-progress').innerText)")
 
 
 def test_dataset_tab_table_plot_and_rows(page):
