@@ -204,6 +204,8 @@ def _migrate_v1(con: sqlite3.Connection) -> None:
     random id and fresh secrets nobody knows (the host issues new ones with ``review tokens``), and its
     verdicts move to one reviewer, "reviewer 1"."""
     with _write(con):
+        if con.execute("PRAGMA user_version").fetchone()[0] != 1:
+            return  # another process migrated the file while this one waited for the write lock
         con.execute("ALTER TABLE items RENAME TO items_v1")
         con.execute("ALTER TABLE sessions RENAME TO sessions_v1")
         for stmt in _statements(_SCHEMA):  # executescript would commit the open transaction

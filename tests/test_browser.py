@@ -127,7 +127,7 @@ def test_bad_upload_and_missing_checkpoint_leave_the_page_working(page, tmp_path
     assert EXAMPLES[0].name in page.locator("#summary").inner_text()
 
 
-def test_review_session_blind_verdicts_and_reveal(page):
+def test_review_session_blind_verdicts_and_reveal(page, browser, app_server):
     page.get_by_role("tab", name="Review").click()
     page.get_by_text("New session").click()
     page.locator("#rv-name textarea, #rv-name input").first.fill("browser-review")
@@ -135,7 +135,8 @@ def test_review_session_blind_verdicts_and_reveal(page):
     page.wait_for_function("() => /item 1 of 20/.test(document.querySelector('#rv-progress').innerText)")
     # the organiser sees the two secrets once, each with a copy button
     assert page.locator("#rv-org-token textarea, #rv-org-token input").first.input_value().startswith("rvo_")
-    assert page.locator("#rv-invite textarea, #rv-invite input").first.input_value().startswith("rvi_")
+    invite = page.locator("#rv-invite textarea, #rv-invite input").first.input_value()
+    assert invite.startswith("rvi_")
     assert page.locator("#rv-invite button[aria-label*=opy], #rv-invite button[title*=opy]").count() >= 1
     for side in ("A", "B"):
         for m in MAPS:
@@ -152,6 +153,21 @@ def test_review_session_blind_verdicts_and_reveal(page):
     assert page.locator("#rv-note textarea, #rv-note input").first.input_value() == ""
     page.locator("#rv-tie").click()
     page.wait_for_function("() => /item 3 of 20 · 2 judged/.test(document.querySelector('#rv-progress').innerText)")
+
+    # another browser joins with the invite code and starts at its own first item
+    other = browser.new_context(viewport={"width": 1440, "height": 1000})
+    try:
+        pg = other.new_page()
+        pg.set_default_timeout(TIMEOUT_MS)
+        pg.goto(app_server.url)
+        pg.get_by_role("tab", name="Review").click()
+        pg.get_by_text("Join a session").click()
+        pg.locator("#rv-code input, #rv-code textarea").first.fill(invite)
+        pg.locator("#rv-who input, #rv-who textarea").first.fill("second reviewer")
+        pg.locator("#rv-join").click()
+        pg.wait_for_function("() => /item 1 of 20 · 0 judged/.test(document.querySelector('#rv-progress').innerText)")
+    finally:
+        other.close()
     page.locator("#rv-reveal").click()
     page.wait_for_function("() => /2 verdicts/.test(document.querySelector('#rv-reveal-text').innerText)")
     text = page.locator("#rv-reveal-text").inner_text()
