@@ -71,6 +71,21 @@ def prepare(model: nn.Module, device: torch.device, channels_last: bool, freeze:
     return model
 
 
+def check_finite(tensors, where: str) -> None:
+    """Raise ``CheckpointNotFinite`` naming the first floating tensor of ``(key, tensor)`` pairs that holds
+    NaN or infinity: one reduction per tensor and, on a GPU, a single synchronisation for all of them."""
+    named = [(k, t) for k, t in tensors if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel()]
+    if not named:
+        return
+    ok = [torch.isfinite(t).all() for _, t in named]
+    if bool(torch.stack([o.to(ok[0].device) for o in ok]).all()):
+        return
+    key, t = next((k, t) for (k, t), o in zip(named, ok) if not bool(o))
+    raise checkpoints.CheckpointNotFinite(
+        f"{where}: tensor {key!r} {tuple(t.shape)} holds {int((~torch.isfinite(t)).sum()):,} NaN/inf value(s); "
+        "the model's outputs would be undefined. Is the file damaged, or saved from a diverged run?")
+
+
 def load(entry: ModelEntry, checkpoint: Optional[Path] = None, *, state_dict: Optional[Mapping] = None,
          checkpoint_dir: Optional[Path] = None, device: Optional[torch.device] = None, download: bool = True,
          progress: Optional[Progress] = None, freeze: bool = True,
@@ -83,11 +98,15 @@ def load(entry: ModelEntry, checkpoint: Optional[Path] = None, *, state_dict: Op
         resolved = checkpoints.resolve(entry, checkpoint, checkpoint_dir=checkpoint_dir, download=download,
                                        progress=progress)
         state_dict = checkpoints.unwrap(checkpoints.read_file(resolved.path), entry)
+    source = resolved.path.name if resolved is not None else "the given state dict"
+    check_finite(state_dict.items(), f"{entry.id}: the checkpoint {source}")
     model = build(entry)
     checkpoints.load_into(model, state_dict, entry)
     if channels_last is None:
         channels_last = entry.channels_last
     prepare(model, device, channels_last, freeze)
+    # finite weights can still give a non-finite frozen DCLS kernel (e.g. a zero spread)
+    check_finite(model.state_dict().items(), f"{entry.id}: the model built from {source} (after loading)")
     return LoadedModel(entry, model, device, resolved, channels_last, time.perf_counter() - start)
 
 
