@@ -208,7 +208,8 @@ def load_input_tensor(path: Union[str, Path]) -> np.ndarray:
     every value finite (the header is judged before the array is read)."""
     x = load_npy(path, _check_tensor_shape)
     # checked after the cast: a float64 beyond float32's range becomes inf there
-    x = np.ascontiguousarray(x.reshape(x.shape[-3:]), dtype=np.float32)
+    with np.errstate(over="ignore"):
+        x = np.ascontiguousarray(x.reshape(x.shape[-3:]), dtype=np.float32)
     if not np.isfinite(x).all():
         raise ImageError(f"{Path(path).name}: the input tensor holds NaN/inf values (or values beyond float32)")
     return x
