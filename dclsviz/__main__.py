@@ -25,48 +25,106 @@ def _progress_bar(desc: str):
 
 
 def _parse_target(value: str):
-    if value in ("pred", "label"):
-        return value
-    return value if not value.lstrip("-").isdigit() else int(value)
+    """'pred', 'label', or the class as given: an index or a name, resolved against the model's classes."""
+    from . import limits
+
+    try:
+        value = limits.text(value, "--target", limits.MAX_TARGET_CHARS, required=True)
+    except limits.LimitError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return value
+
+
+def _threshold(value: str) -> float:
+    from . import limits
+
+    try:
+        return limits.unit_interval(value, "--threshold")
+    except limits.LimitError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _finite_or_null(obj):
+    """``obj`` with every non-finite float (NaN, ±inf, also numpy's) turned into None, for strict JSON."""
+    if isinstance(obj, dict):
+        return {k: _finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_null(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def write_json(path: Path, obj) -> None:
+    """Every JSON file the CLI writes: valid JSON (RFC 8259 has no NaN), non-finite numbers as null."""
+    path.write_text(json.dumps(_finite_or_null(obj), indent=1, allow_nan=False))
+
+
+def _clickme_sample(spec: str):
+    """The record SHARD:INDEX names, or a one-line error (empty shard, index out of range, bad index)."""
+    from . import clickme, limits
+    from .compare import Sample
+
+    if ":" not in spec:
+        raise ValueError(f"--clickme expects SHARD:INDEX, e.g. val-0.tfrecords:12, not {spec!r}")
+    path, index = spec.rsplit(":", 1)
+    i = limits.whole_number(index, "the --clickme record index", 0, limits.MAX_SEED)
+    shard = clickme.ClickMeShard(Path(path))
+    if len(shard) == 0:
+        raise ValueError(f"--clickme: the shard {path} holds no records")
+    if i >= len(shard):
+        raise ValueError(f"--clickme: the shard {path} has {len(shard)} records: choose an index from 0 to "
+                         f"{len(shard) - 1}, not {i}")
+    return Sample.from_clickme(shard[i])
+
+
+def _sample(args):
+    import torch
+
+    from . import images
+    from .compare import Sample
+
+    sources = [bool(args.image), bool(args.clickme), args.input_tensor is not None]
+    if sum(sources) != 1:
+        raise ValueError("give exactly one input: IMAGE, --clickme SHARD:INDEX or --input-tensor X.npy")
+    if args.clickme:
+        return _clickme_sample(args.clickme)
+    if args.input_tensor is not None:
+        x = images.load_input_tensor(args.input_tensor)
+        return Sample(np.zeros((x.shape[1], x.shape[2], 3), np.uint8), name=str(args.input_tensor),
+                      input_tensor=torch.from_numpy(x))
+    return Sample.from_image(images.load_image(args.image), name=str(args.image))
+
+
+def _load_model(args, entry):
+    from . import checkpoints
+    from .models import load
+
+    try:
+        return load(entry, args.checkpoint, checkpoint_dir=args.checkpoint_dir, device=args.device,
+                    progress=_progress_bar(entry.checkpoint.file_name))
+    except checkpoints.CheckpointError as e:
+        offline = isinstance(e, checkpoints.CheckpointUnavailable) and args.arch != "demo"
+        offer = " Offline? The bundled demo pair works anywhere: --arch demo." if offline else ""
+        raise ValueError(f"{e}{offer}") from None
 
 
 def cmd_explain(args) -> int:
-    import torch
-
-    from . import checkpoints, clickme, human, images, zoo
-    from .compare import MAPS, Sample, explain_batch
+    from . import human, images, zoo
+    from .compare import MAPS, explain_batch, versions
     from .labels import class_index
-    from .models import load
 
     entry = zoo.get(args.arch, args.variant)
-    sources = [bool(args.image), bool(args.clickme), args.input_tensor is not None]
-    if sum(sources) != 1:
-        raise SystemExit("give exactly one input: IMAGE, --clickme SHARD:INDEX or --input-tensor X.npy")
     human_raw = images.load_map(args.human) if args.human else None
-    if args.clickme:
-        sample = Sample.from_clickme(clickme.read_record(args.clickme))
-    elif args.input_tensor is not None:
-        x = np.load(args.input_tensor)
-        if x.ndim == 4 and x.shape[0] == 1:
-            x = x[0]
-        if x.ndim != 3 or x.shape[0] != 3:
-            raise SystemExit(f"--input-tensor must hold a normalised (1,3,H,W) or (3,H,W) array, not {x.shape}")
-        side = x.shape[1]
-        sample = Sample(np.zeros((side, side, 3), np.uint8), name=str(args.input_tensor),
-                        input_tensor=torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
-    else:
-        sample = Sample.from_image(images.load_image(args.image), name=str(args.image))
+    sample = _sample(args)
     if human_raw is not None:  # a user's map replaces the record's own
         sample.human = human.user_map(human_raw)
     target = args.target
-    if isinstance(target, str) and target not in ("pred", "label"):
+    if target not in ("pred", "label"):
         target = class_index(target, entry.class_names)
-    try:
-        loaded = load(entry, args.checkpoint, checkpoint_dir=args.checkpoint_dir, device=args.device,
-                      progress=_progress_bar(entry.checkpoint.file_name))
-    except checkpoints.CheckpointError as e:
-        offer = "" if args.arch == "demo" else " Offline? The bundled demo pair works anywhere: --arch demo."
-        raise SystemExit(f"error: {e}{offer}")
+    loaded = _load_model(args, entry)
     out = explain_batch(loaded, [sample], target, args.threshold, args.geometry)[0]
     args.out.mkdir(parents=True, exist_ok=True)
     np.save(args.out / "logits.npy", out.logits.astype(np.float32))
@@ -75,8 +133,6 @@ def cmd_explain(args) -> int:
         np.save(args.out / f"{m}_lowres.npy", out.lowres[m].astype(np.float32))
     if out.human is not None:
         np.save(args.out / "human.npy", out.human.astype(np.float32))
-    from .compare import versions
-
     names = out.class_names
     result = {"arch": entry.arch, "variant": entry.variant, "checkpoint_sha256": out.provenance["checkpoint_sha256"],
               "checkpoint": out.provenance["checkpoint_path"], "input": sample.name, "image_sha256": sample.sha256,
@@ -87,7 +143,7 @@ def cmd_explain(args) -> int:
               "ceiling_normalised": {m: out.scores[m]["ceiling"] for m in MAPS},
               "dice": {m: out.scores[m]["dice"] for m in MAPS}, "iou": {m: out.scores[m]["iou"] for m in MAPS},
               "device": out.provenance["device"], "seconds": out.seconds, "versions": versions()}
-    (args.out / "result.json").write_text(json.dumps(result, indent=1))
+    write_json(args.out / "result.json", result)
     rho = ", ".join(f"{m} {v:+.4f}" if v is not None else f"{m} undefined" for m, v in result["spearman"].items())
     print(f"{entry.id}: target {out.target} ({names[out.target]}); top-1 {names[out.top5[0][0]]} "
           f"{out.top5[0][1]:.3f}; Spearman: {rho if out.human is not None else 'no human map'}; wrote {args.out}")
@@ -119,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("explain", help="Grad-CAM and Threshold-Grad-CAM of one model for one image")
     e.add_argument("image", nargs="?", type=Path, help="an image file (or use --clickme / --input-tensor)")
     e.add_argument("--clickme", metavar="SHARD:INDEX", help="a record of a ClickMe-format shard")
-    e.add_argument("--input-tensor", type=Path, help="an already-normalised NCHW float32 .npy (no preprocessing)")
+    e.add_argument("--input-tensor", type=Path,
+                   help="an already-normalised (1,3,H,W) or (3,H,W) .npy, H, W >= 16 (no preprocessing)")
     e.add_argument("--arch", required=True)
     e.add_argument("--variant", choices=VARIANTS, default="dcls")
     e.add_argument("--checkpoint", type=Path, help="a checkpoint file to use instead of the zoo's")
@@ -127,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--target", type=_parse_target, default="label",
                    help="class to explain: an index, a class name, 'pred' (top-1) or 'label' (default: the "
                         "record's label when known, else the prediction)")
-    e.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
+    e.add_argument("--threshold", type=_threshold, default=DEFAULT_THRESHOLD,
+                   help="floor of Threshold-Grad-CAM, in [0, 1] (default %(default)s)")
     e.add_argument("--geometry", choices=GEOMETRIES, default="paper")
     e.add_argument("--human", type=Path, help="a human attention map (image file or .npy) over the image")
     e.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")

@@ -38,6 +38,10 @@ class CheckpointMismatch(CheckpointError):
     pass
 
 
+class CheckpointNotFinite(CheckpointError):
+    """A weight or buffer of the checkpoint holds NaN or infinity: every output of the model would be undefined."""
+
+
 @dataclass(frozen=True)
 class ResolvedCheckpoint:
     path: Path

@@ -108,6 +108,8 @@ def prepare_inputs(samples: Sequence[Sample], transform) -> tuple[torch.Tensor, 
     for s in samples:
         if s.input_tensor is not None:
             x, w = s.input_tensor, geometry.Window(0.0, 0.0, 1.0, 1.0)
+            if not bool(torch.isfinite(x).all()):
+                raise ValueError(f"the input tensor of sample {s.name or '(unnamed)'} holds NaN/inf values")
         else:
             x, w = geometry.preprocess(s.image, transform)
         xs.append(x)
@@ -126,6 +128,11 @@ def explain_batch(loaded: LoadedModel, samples: Sequence[Sample], target: Target
     start = time.perf_counter()
     x, windows = inputs if inputs is not None else prepare_inputs(samples, loaded.entry.transform)
     result = (engine or CamEngine(loaded)).explain(x, [resolve_target(target, s) for s in samples], threshold)
+    finite = np.isfinite(result.logits).all(axis=1)
+    if not finite.all():
+        bad = samples[int(np.argmin(finite))]
+        raise ValueError(f"model {loaded.entry.id} produced non-finite logits for sample "
+                         f"{bad.name or '(unnamed)'}: its maps and scores would be meaningless")
     names = labels.class_names_for(loaded.entry)
     maps = [{"gradcam": result.gradcam[i], "threshold_gradcam": result.threshold_gradcam[i]}
             for i in range(len(samples))]

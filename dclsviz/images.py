@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Union
 
 import numpy as np
+from numpy.lib import format as npy_format
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-MAX_PIXELS = 40_000_000  # ~ 6300×6300; larger uploads are almost always mistakes and cost GBs to decode
+from . import limits
+
 MIN_SIDE = 16
 
 Source = Union[str, Path, bytes, np.ndarray, Image.Image]
@@ -21,6 +23,14 @@ Source = Union[str, Path, bytes, np.ndarray, Image.Image]
 
 class ImageError(ValueError):
     """The input cannot be used as an image; the message says why."""
+
+
+def _check_pixels(width: int, height: int, what: str) -> None:
+    # images and maps share the limit; ImageError keeps every caller's "bad upload" handling in one except
+    try:
+        limits.pixels(width, height, what)
+    except limits.LimitError as e:
+        raise ImageError(str(e)) from None
 
 
 def _open(src: Source) -> Image.Image:
@@ -76,10 +86,7 @@ def load_image(src: Source, *, with_notes: bool = False):
         rgb, notes = a[..., :3].copy(), []
     else:
         im = _open(src)
-        w, h = im.size
-        if w * h > MAX_PIXELS:
-            raise ImageError(f"the image is {w}×{h} pixels ({w * h / 1e6:.0f} MP); the limit is "
-                             f"{MAX_PIXELS / 1e6:.0f} MP. Please downscale it.")
+        _check_pixels(*im.size, "the image")
         try:
             # exif_transpose hands back a copy of the current frame, which no longer knows it was animated
             animated = []
@@ -96,29 +103,78 @@ def load_image(src: Source, *, with_notes: bool = False):
     return (rgb, notes) if with_notes else rgb
 
 
+def npy_header(path: Union[str, Path]) -> tuple[tuple[int, ...], np.dtype, bool, int]:
+    """Shape, dtype, Fortran order and data offset of a .npy file, read from its header alone.
+
+    Nothing is allocated from what the header claims, so a forged shape costs nothing. Object and other
+    non-numeric dtypes are refused here.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            version = npy_format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = npy_format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, fortran, dtype = npy_format.read_array_header_2_0(f)
+            else:
+                raise ImageError(f"{path.name}: .npy format version {version[0]}.{version[1]} is not read "
+                                 "(versions 1.0 and 2.0 are)")
+            offset = f.tell()
+    except FileNotFoundError:
+        raise ImageError(f"no such file: {path}") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise ImageError(f"{path.name}: not a readable .npy array ({e})") from None
+    if dtype.hasobject or dtype.kind not in "uif":
+        raise ImageError(f"{path.name}: the array has dtype {dtype}; a numeric (integer or float) array is needed")
+    return tuple(shape), dtype, fortran, offset
+
+
+def _shape_text(shape) -> str:
+    return "×".join(map(str, shape)) if shape else "scalar"
+
+
+def load_npy(path: Union[str, Path], check_shape) -> np.ndarray:
+    """A numeric .npy array, once ``check_shape(shape)`` has accepted the shape its header claims and the file
+    is long enough to hold it."""
+    shape, dtype, _, offset = npy_header(path)
+    check_shape(shape)
+    need = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    have = Path(path).stat().st_size - offset
+    if have < need:
+        raise ImageError(f"{Path(path).name}: the file is truncated: its header describes a {_shape_text(shape)} "
+                         f"{dtype} array of {need:,} bytes, but only {have:,} bytes follow")
+    try:
+        return np.load(Path(path), allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise ImageError(f"{Path(path).name}: not a readable .npy array ({e})") from None
+
+
+def _check_map_shape(shape: tuple[int, ...]) -> None:
+    if not (len(shape) == 2 or (len(shape) == 3 and 1 <= shape[2] <= 4)):
+        raise ImageError(f"a human map must be a 2-D array (or H×W×C with at most 4 channels), got shape {shape}")
+    _check_pixels(shape[1], shape[0], "the human map")
+    if int(np.prod(shape, dtype=object)) > limits.MAX_PIXELS:
+        raise ImageError(f"the human map holds {int(np.prod(shape, dtype=object)):,} values; the limit is "
+                         f"{limits.MAX_PIXELS:,}")
+    if min(shape[:2]) < 2:
+        raise ImageError(f"a human map must be a 2-D image, got shape {shape}")
+
+
 def load_map(src: Source) -> np.ndarray:
-    """A user's human map as float32 (H, W): grey levels, or luminance of a colour image (or a .npy array)."""
+    """A user's human map as float32 (H, W): grey levels, or luminance of a colour image (or a .npy array).
+
+    A .npy file is judged by its header (shape, dtype, length) before any of it is read.
+    """
     if isinstance(src, (str, Path)) and Path(src).suffix.lower() == ".npy":
-        try:
-            src = np.load(Path(src), allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise ImageError(f"{Path(src).name}: not a readable .npy array ({e})") from None
-        if src.dtype.kind not in "uif":
-            raise ImageError(f"the human map array has dtype {src.dtype}; a numeric map is needed")
+        src = load_npy(src, _check_map_shape)
     if isinstance(src, np.ndarray):
+        if src.dtype.hasobject or src.dtype.kind not in "uifb":
+            raise ImageError(f"the human map array has dtype {src.dtype}; a numeric map is needed")
+        _check_map_shape(src.shape)
         a = src.astype(np.float32)
     else:
-        im = _open(src)
-        w, h = im.size
-        if w * h > MAX_PIXELS:
-            raise ImageError(f"the human map is {w}×{h} pixels; the limit is {MAX_PIXELS / 1e6:.0f} MP")
-        try:
-            if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-                a = np.asarray(im, dtype=np.float32)
-            else:
-                a = np.asarray(im.convert("L"), dtype=np.float32)
-        except (OSError, SyntaxError, ValueError) as e:
-            raise ImageError(f"the human map file is damaged or truncated ({e})") from None
+        a = _decode_map(src)
     if a.ndim == 3:
         a = a[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32) if a.shape[2] >= 3 else a[..., 0]
     if a.ndim != 2 or min(a.shape) < 2:
@@ -126,3 +182,34 @@ def load_map(src: Source) -> np.ndarray:
     if not np.isfinite(a).all():
         raise ImageError("the human map contains NaN or infinite values")
     return a
+
+
+def _decode_map(src: Source) -> np.ndarray:
+    im = _open(src)
+    _check_pixels(*im.size, "the human map")
+    try:
+        if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+            return np.asarray(im, dtype=np.float32)
+        return np.asarray(im.convert("L"), dtype=np.float32)
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageError(f"the human map file is damaged or truncated ({e})") from None
+
+
+def _check_tensor_shape(shape: tuple[int, ...]) -> None:
+    chw = shape[1:] if len(shape) == 4 and shape[0] == 1 else shape
+    if len(chw) != 3 or chw[0] != 3 or min(chw[1:]) < MIN_SIDE:
+        raise ImageError(f"an input tensor must be a normalised (1,3,H,W) or (3,H,W) array with H, W ≥ {MIN_SIDE}, "
+                         f"not shape {shape}")
+    _check_pixels(chw[2], chw[1], "the input tensor")
+
+
+def load_input_tensor(path: Union[str, Path]) -> np.ndarray:
+    """An already-normalised (3, H, W) float32 model input from a .npy file: numeric, within the pixel limit,
+    every value finite (the header is judged before the array is read)."""
+    x = load_npy(path, _check_tensor_shape)
+    # checked after the cast: a float64 beyond float32's range becomes inf there
+    with np.errstate(over="ignore"):
+        x = np.ascontiguousarray(x.reshape(x.shape[-3:]), dtype=np.float32)
+    if not np.isfinite(x).all():
+        raise ImageError(f"{Path(path).name}: the input tensor holds NaN/inf values (or values beyond float32)")
+    return x

@@ -11,6 +11,8 @@ import functools
 import re
 from typing import Optional, Sequence, Union
 
+from .limits import MAX_INDEX_DIGITS
+
 NUM_CLASSES = 1000
 
 
@@ -81,7 +83,7 @@ def _name_tables(names: tuple[str, ...], ids: tuple[str, ...]):
 
 
 def class_index(name_or_int: Union[str, int], class_names: Optional[Sequence[str]] = None) -> int:
-    """The class index named by an int, a numeric string, a WordNet id, a description or one synonym.
+    """The class index named by an int, a string of ASCII digits, a WordNet id, a description or one synonym.
 
     Looks in ImageNet-1k, or in `class_names` when a model has its own classes (WordNet ids then do
     not apply). Names match case-insensitively. Raises ValueError for an index out of range, an unknown
@@ -100,7 +102,10 @@ def class_index(name_or_int: Union[str, int], class_names: Optional[Sequence[str
     if not isinstance(name_or_int, str):
         raise TypeError(f"a class is an int or a name, got {type(name_or_int).__name__}")
     key = _norm(name_or_int)
-    if re.fullmatch(r"[+-]?\d+", key):
+    # ASCII digits only: \d would take "٣" (Arabic-Indic three) for class 3
+    if re.fullmatch(r"[+-]?[0-9]+", key, re.ASCII):
+        if len(key.lstrip("+-")) > MAX_INDEX_DIGITS:
+            raise ValueError(f"class index {key[:MAX_INDEX_DIGITS + 1]}... is outside 0..{n - 1}")
         return class_index(int(key), class_names)
     if not key:
         raise ValueError("empty class name")

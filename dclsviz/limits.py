@@ -14,6 +14,8 @@ from typing import Optional
 
 # Pixels of any image or map we decode (an RGB image at this size is 120 MB in memory).
 MAX_PIXELS = 40_000_000
+# A class asked for by name (ImageNet's longest description is 121 characters).
+MAX_TARGET_CHARS = 200
 # A session or reviewer name, and a reviewer's note on one item.
 MAX_NAME_CHARS = 80
 MAX_NOTE_CHARS = 2_000

@@ -102,3 +102,48 @@ def test_missing_paper_checkpoint_says_how_to_get_it_and_offers_the_demo(client)
                  "DCLSVIZ_CHECKPOINT_DIR", "--checkpoint-dir", "demo"):
         assert part in msg, (part, msg)
     still_serving(client)
+
+
+def forged_npy(path, shape, descr="<f4"):
+    """A real .npy header claiming ``shape`` over a 64-byte body: nothing of that size should ever be allocated."""
+    from numpy.lib import format as npy_format
+
+    with open(path, "wb") as f:
+        npy_format.write_array_header_1_0(f, {"descr": descr, "fortran_order": False, "shape": shape})
+        f.write(b"\0" * 64)
+    return path
+
+
+@pytest.mark.parametrize("shape, message", [
+    ((100_000, 100_000), "100000×100000 pixels (10000 MP); the limit is 40 MP"),
+    ((7000, 7000), "7000×7000 pixels (49 MP); the limit is 40 MP"),
+    ((10**10,), "must be a 2-D array"),
+])
+def test_npy_human_map_is_judged_by_its_header(client, app_server, tmp_path, shape, message):
+    msg = error_of(client, source="upload", image=EXAMPLES[0], human=forged_npy(tmp_path / "map.npy", shape))
+    assert msg.startswith("human map:") and message in msg, msg
+    assert "MemoryError" not in app_server.log.read_text(errors="replace")
+    still_serving(client)
+
+
+@pytest.mark.parametrize("index", ["inf", "1e400", "3.9", "-1", "٣", "0x10"])
+def test_record_index_must_be_plain_ascii_digits(client, index):
+    msg = error_of(client, index=index)
+    assert "the record index (a whole number or 'random') must be a whole number written with the digits 0-9" \
+        in msg and repr(index) in msg, msg
+    assert "internal error" not in msg
+    manifest, _, _ = compare(client, index="3")
+    assert manifest["sample"].endswith(":3")
+
+
+def test_target_in_other_digits_is_not_class_three(client):
+    msg = error_of(client, target="٣")
+    assert msg.startswith("target:") and "not a class name of this model" in msg, msg
+    manifest, _, _ = compare(client, target="3")
+    assert manifest["models"]["dcls"]["target"] == 3 and manifest["target"] == 3
+
+
+# NaN cannot travel in the client's JSON at all; check_settings refuses it (tests/test_input_files.py)
+@pytest.mark.parametrize("threshold", [-0.5, 1e300])
+def test_threshold_outside_the_unit_interval_through_the_api(client, threshold):
+    assert "threshold must lie in [0, 1]" in error_of(client, threshold=threshold)

@@ -116,3 +116,87 @@ def test_models_lists_the_zoo(tmp_path):
     ids = {ln.split()[0] for ln in lines}
     assert {f"{a}.{v}" for a in ("convnext_tiny", "resnet50", "fastvit_sa36") for v in ("baseline", "dcls")} <= ids
     assert "zenodo.org/records/8373830" in r.stdout and "not cached" in r.stdout
+
+
+def demo_explain(tmp_path, *args, **kwargs):
+    example = sorted((REPO / "assets" / "examples").glob("*.jpg"))[0]
+    inputs = [] if any(a in ("--clickme", "--input-tensor") for a in map(str, args)) else [example]
+    return run_cli("explain", *inputs, "--arch", "demo", "--variant", "dcls", "--device", "cpu",
+                   "--out", tmp_path / "o", *args, **kwargs)
+
+
+def assert_clean_error(r, *parts):
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    assert "Traceback" not in r.stderr, r.stderr[-2000:]
+    for part in parts:
+        assert part in r.stderr, (part, r.stderr[-2000:])
+
+
+@pytest.mark.parametrize("value", ["nan", "-1", "2", "inf", "x"])
+def test_threshold_outside_the_unit_interval_is_refused(tmp_path, value):
+    r = demo_explain(tmp_path, "--threshold", value, check=False)
+    assert_clean_error(r, "--threshold must be a number in [0, 1]", repr(value))
+    assert not (tmp_path / "o").exists()
+
+
+def test_result_json_is_strict_json_when_rho_is_undefined(tmp_path):
+    from PIL import Image
+
+    Image.new("L", (64, 48), 128).save(tmp_path / "flat.png")  # a constant map: ρ is undefined
+    demo_explain(tmp_path, "--human", tmp_path / "flat.png", "--target", "3")
+
+    def fail(constant):
+        raise AssertionError(f"result.json holds {constant}, which is not JSON")
+
+    res = json.loads((tmp_path / "o" / "result.json").read_text(), parse_constant=fail)
+    assert res["spearman"] == {"gradcam": None, "threshold_gradcam": None} and res["target"] == 3
+
+
+def test_json_writer_turns_non_finite_numbers_into_null(tmp_path):
+    from dclsviz.__main__ import write_json
+
+    write_json(tmp_path / "r.json", {"a": float("nan"), "b": [np.float32("inf"), 1.5, np.int64(2)],
+                                     "c": {"d": -float("inf"), "e": "nan"}})
+    text = (tmp_path / "r.json").read_text()
+    assert json.loads(text, parse_constant=lambda c: pytest.fail(c)) == \
+        {"a": None, "b": [None, 1.5, 2], "c": {"d": None, "e": "nan"}}
+
+
+def test_target_in_other_digits_is_not_a_class_index(tmp_path):
+    r = demo_explain(tmp_path, "--target", "٣", check=False)
+    assert_clean_error(r, "is not a class name of this model")
+
+
+def test_checkpoint_with_a_nan_weight_is_refused_naming_the_tensor(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    sd = load_file(str(REPO / "assets" / "demo" / "demo_dcls.safetensors"))
+    key = "layer2.0.bn1.running_var"  # a buffer: those are checked as well as parameters
+    sd[key].view(-1)[0] = float("nan")
+    save_file(sd, str(tmp_path / "nan_weight.safetensors"))
+    r = demo_explain(tmp_path, "--checkpoint", tmp_path / "nan_weight.safetensors", check=False)
+    assert_clean_error(r, f"tensor {key!r}", "nan_weight.safetensors", "NaN/inf")
+    assert "Offline?" not in r.stderr
+
+
+@pytest.mark.parametrize("array, parts", [
+    (np.full((1, 3, 128, 128), np.nan, np.float32), ["x.npy: the input tensor holds NaN/inf"]),
+    (np.zeros((3, 1, 1), np.float32), ["(1,3,H,W) or (3,H,W) array with H, W ≥ 16", "not shape (3, 1, 1)"]),
+    (np.zeros((1, 3, 128, 128), np.complex64), ["a numeric (integer or float) array is needed"]),
+])
+def test_bad_input_tensor_is_refused_saying_why(tmp_path, array, parts):
+    np.save(tmp_path / "x.npy", array)
+    assert_clean_error(demo_explain(tmp_path, "--input-tensor", tmp_path / "x.npy", check=False), *parts)
+
+
+def test_clickme_index_out_of_range_and_empty_shard(tmp_path):
+    shard = REPO / "assets" / "demo" / "demo_val.tfrecords"
+    r = demo_explain(tmp_path, "--clickme", f"{shard}:100000", check=False)
+    assert_clean_error(r, "error: --clickme: the shard", "choose an index from 0 to 127")
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    r = demo_explain(tmp_path, "--clickme", f"{shard}:٣", check=False)
+    assert_clean_error(r, "--clickme record index must be a whole number written with the digits 0-9")
+    (tmp_path / "empty.tfrecords").write_bytes(b"")
+    r = demo_explain(tmp_path, "--clickme", f"{tmp_path / 'empty.tfrecords'}:0", check=False)
+    assert_clean_error(r, "error: --clickme: the shard", "holds no records")
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -98,3 +98,15 @@ def test_class_names_for_a_zoo_entry():
     names = labels.imagenet_classes()
     names[0] = "edited"
     assert labels.imagenet_classes()[0] == "tench, Tinca tinca"
+
+
+@pytest.mark.parametrize("digits", ["٣", "３", "३", "-٣"])  # Arabic-Indic, fullwidth, Devanagari three
+def test_only_ascii_digits_name_a_class_index(digits):
+    with pytest.raises(ValueError, match="is not a class name of this model"):
+        labels.class_index(digits)
+    assert labels.class_index("3") == 3 and labels.class_index(" 3 ") == 3
+
+
+def test_a_long_digit_string_is_out_of_range_not_a_big_int():
+    with pytest.raises(ValueError, match=r"class index 9{13}\.\.\. is outside 0..999"):
+        labels.class_index("9" * 5000)

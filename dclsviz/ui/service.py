@@ -17,7 +17,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .. import checkpoints, clickme, geometry, images, labels, models, render, zoo
+from .. import checkpoints, clickme, geometry, images, labels, limits, models, render, zoo
 from ..compare import Comparison, Sample, compare
 from ..download import cache_root
 
@@ -188,13 +188,20 @@ def open_shard(path: Path) -> clickme.ClickMeShard:
         raise UserError(f"cannot read the shard {path.name}: {e}") from None
 
 
+INDEX_FIELD = "the record index (a whole number or 'random')"
+
+
 def parse_index(index, n: int) -> int:
+    """The record ``index`` names in a shard of ``n`` records: plain ASCII digits (or an integral number), or
+    'random'/empty for a random one. "3.9", "inf", "1e400", "٣", "0x10" and "-1" are refused with a message."""
+    if n <= 0:
+        raise UserError("the shard holds no records")
     if index is None or (isinstance(index, str) and index.strip().lower() in ("", "random")):
         return random.randrange(n)
     try:
-        i = int(float(index))
-    except (TypeError, ValueError):
-        raise UserError(f"the record index must be a whole number or 'random', not {index!r}") from None
+        i = limits.whole_number(index, INDEX_FIELD, -limits.MAX_SEED, limits.MAX_SEED)
+    except limits.LimitError as e:
+        raise UserError(str(e)) from None
     if not 0 <= i < n:
         raise UserError(f"the shard has {n} records: choose an index from 0 to {n - 1}")
     return i
@@ -226,9 +233,10 @@ def _path_of(f) -> Optional[str]:
 
 
 def load_human_file(path: str) -> np.ndarray:
+    """An uploaded human map (image or .npy), or a ``UserError`` saying what is wrong with it."""
     try:
         return images.load_map(path)
-    except images.ImageError as e:
+    except (images.ImageError, limits.LimitError) as e:
         raise UserError(f"human map: {e}") from None
 
 
@@ -312,11 +320,14 @@ def on_gpu(duration: int = 120):
 
 
 def target_spec(target, arch: str):
+    """'label', 'pred', or the class index ``target`` names among ``arch``'s classes (ASCII digits or a name)."""
     if target in (None, "", TARGET_LABEL):
         return TARGET_LABEL
     if target == TARGET_PRED:
         return TARGET_PRED
     try:
+        if isinstance(target, str):
+            target = limits.text(target, "target", limits.MAX_TARGET_CHARS)
         return labels.class_index(target, _entry(arch).class_names)
     except (ValueError, TypeError) as e:
         raise UserError(f"target: {e}") from None
@@ -350,12 +361,9 @@ def check_settings(threshold, geometry_name: str) -> float:
     if geometry_name not in geometry.GEOMETRIES:
         raise UserError(f"geometry must be one of {', '.join(geometry.GEOMETRIES)}, not {geometry_name!r}")
     try:
-        threshold = float(threshold)
-    except (TypeError, ValueError):
-        raise UserError(f"threshold must be a number, not {threshold!r}") from None
-    if not 0.0 <= threshold <= 1.0:
-        raise UserError(f"threshold must lie in [0, 1], not {threshold}")
-    return threshold
+        return limits.unit_interval(threshold, "threshold")
+    except limits.LimitError:
+        raise UserError(f"threshold must lie in [0, 1] (a finite number), not {str(threshold)[:40]!r}") from None
 
 
 @on_gpu()
