@@ -16,7 +16,7 @@ import gradio as gr  # noqa: E402
 from .. import clickme, geometry, labels, metrics, render, zoo  # noqa: E402
 from ..cam import DEFAULT_THRESHOLD  # noqa: E402
 from ..compare import MAP_TITLES, MAPS  # noqa: E402
-from . import dataset_page, review_page  # noqa: E402
+from . import dataset_page, review_page, storage  # noqa: E402
 from .present import (SCORE_HEADERS, TOP5_HEADERS, TOP_FRACTION, Exports, column_head, overlays,  # noqa: E402
                       provenance_text, public_view, rho_text, sample_text, score_rows, top5_rows)
 from .service import (DEMO_ARCH, SOURCES, TARGET_LABEL, TARGET_PRED, VARIANT_TITLES, AppConfig,  # noqa: E402
@@ -337,5 +337,9 @@ def _api(cfg: AppConfig, exports: Exports) -> None:
 
 
 def launch(demo: gr.Blocks, host: str, port: int, **kwargs):
+    """Serve ``demo``; with a cache age set, the folders Gradio's own sweep leaves empty are swept too."""
+    if demo.delete_cache and "app_kwargs" not in kwargs:
+        every, age = demo.delete_cache
+        kwargs["app_kwargs"] = {"lifespan": storage.sweeping(Path(gr.utils.get_upload_folder()), every, age)}
     return demo.launch(server_name=host, server_port=port, theme=theme(), css=CSS, show_error=True,
                        max_file_size=os.environ.get("DCLSVIZ_MAX_FILE_SIZE", "60mb"), **kwargs)

@@ -9,6 +9,8 @@ nothing outside the folder can be deleted.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import errno
 import logging
 import os
@@ -186,3 +188,55 @@ def prune_dataset_runs(folder: Path, keep: Collection[str] = ()) -> PruneReport:
         return PruneReport()
     return prune(folder, max_age_s=limits.DATASET_RUNS_MAX_AGE_S, max_bytes=limits.DATASET_RUNS_MAX_BYTES,
                  keep=keep)
+
+
+def sweep_empty(folder: Path, max_age_s: float) -> int:
+    """Remove the empty subfolders and empty files of ``folder`` untouched for ``max_age_s``; returns how many.
+
+    Gradio's cache keeps one folder per cached file and its own sweep deletes only the files, and each upload
+    leaves an empty temporary file behind: without this both pile up (inodes, and 4 KiB per folder). Only
+    what holds nothing is removed: ``rmdir`` refuses a folder that is not empty, and links are never followed."""
+    try:
+        check_private(Path(folder), closed=0o022)
+        fd = os.open(folder, _DIR_FLAGS)
+    except (OSError, UnsafeFolder) as e:
+        log.warning("not sweeping %s: %s", folder, e)
+        return 0
+    cutoff, uid, n = time.time() - max_age_s, os.getuid(), 0
+    try:
+        with os.scandir(fd) as it:
+            names = [d.name for d in it]
+        for name in names:
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                if st.st_uid != uid or st.st_mtime >= cutoff:
+                    continue
+                if stat.S_ISDIR(st.st_mode):
+                    os.rmdir(name, dir_fd=fd)
+                    n += 1
+                elif stat.S_ISREG(st.st_mode) and st.st_size == 0:
+                    os.unlink(name, dir_fd=fd)
+                    n += 1
+            except OSError:
+                continue  # not empty, or gone meanwhile
+    finally:
+        os.close(fd)
+    return n
+
+
+def sweeping(folder: Path, every_s: float, max_age_s: float):
+    """A FastAPI lifespan that runs ``sweep_empty(folder, max_age_s)`` every ``every_s`` seconds."""
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        async def loop():
+            while True:
+                await asyncio.sleep(every_s)
+                await asyncio.to_thread(sweep_empty, folder, max_age_s)
+
+        task = asyncio.create_task(loop())
+        try:
+            yield
+        finally:
+            task.cancel()
+
+    return lifespan
