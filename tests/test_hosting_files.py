@@ -3,9 +3,6 @@ and responses that never show the server's paths. Real files, a real `app.py` se
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import os
 import stat
 import threading
@@ -426,7 +423,8 @@ def test_no_server_path_in_compare_models_classes_shards_or_review(hosted, tmp_p
 # Found by the check above and left to the modules that build these responses: the Dataset run's summary
 # ("runs", "shards") and run.json carry the run folder and shard paths; the review CSV's sample column carries
 # the shard path. Strict: once fixed, these tests pass and the marks must go.
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="dataset summary and run.json name the run folder and shard paths")
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="dataset summary and run.json name the run folder and shard paths")
 def test_no_server_path_in_evaluate(hosted, tmp_path):
     leaks = _leaks(hosted[0], tmp_path, {"/evaluate": [("demo", "", 3, "paper", 0.3)]},
                    {"/evaluate": [("resnet50", "", 2, "paper", 0.3)]})
