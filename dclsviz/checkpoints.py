@@ -117,9 +117,10 @@ def how_to_get(entry: ModelEntry) -> str:
     urls = ", ".join(u for u in entry.checkpoint.urls if not u.startswith(HF_PREFIX))
     hub = "".join(f" (the same weights as safetensors: {hf_resolve_url(r)}, use it with --checkpoint PATH)"
                   for r in _hf_repos(entry))
+    # names the cache by its setting, not its path: this text is also shown to the app's clients
     return (f"{entry.id} needs {entry.checkpoint.file_name}: download it from {urls}{hub} and put it in "
-            f"{cache_dir()} or in a folder named by --checkpoint-dir / DCLSVIZ_CHECKPOINT_DIR, "
-            f"or pass --checkpoint PATH.")
+            f"$DCLSVIZ_CACHE/checkpoints (default ~/.cache/dclsviz/checkpoints) or in a folder named by "
+            f"--checkpoint-dir / DCLSVIZ_CHECKPOINT_DIR, or pass --checkpoint PATH.")
 
 
 def _fetch_from(url: str, dest: Path, progress: Optional[Progress], timeout) -> Path:
@@ -145,7 +146,7 @@ def resolve(entry: ModelEntry, path: Optional[Path] = None, *, checkpoint_dir: O
     if entry.checkpoint.bundled:
         p = ASSETS / entry.checkpoint.bundled
         if not p.is_file():
-            raise CheckpointUnavailable(f"{entry.id}: the bundled file {p} is missing; "
+            raise CheckpointUnavailable(f"{entry.id}: the bundled file assets/{entry.checkpoint.bundled} is missing; "
                                         f"`python -m dclsviz demo train` recreates it")
         return ResolvedCheckpoint(p, "bundled", sha256_file(p))
     local = find_local(entry, checkpoint_dir)
@@ -177,13 +178,13 @@ def read_file(path: Path) -> object:
             return load_file(str(path), device="cpu")
         except Exception as e:
             if path.suffix == ".safetensors":
-                raise CheckpointMismatch(f"{path}: not a readable safetensors file ({e})") from e
+                raise CheckpointMismatch(f"{path.name}: not a readable safetensors file ({e})") from e
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise CheckpointMismatch(
-            f"{path}: cannot be read as a checkpoint without running pickled code "
+            f"{path.name}: cannot be read as a checkpoint without running pickled code "
             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
 
 

@@ -110,3 +110,15 @@ def optional_seed(value, field: str = "seed") -> Optional[int]:
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
     return whole_number(value, field, 0, MAX_SEED)
+
+# Disk the app may fill for its clients (a public Space must not run out of disk). Ages in seconds.
+# Export bundles (about 1 MB per comparison) are kept for an hour, for the download button.
+EXPORTS_MAX_AGE_S = 3600
+EXPORTS_MAX_BYTES = 500 * 1024 * 1024
+# Dataset-tab run folders are reused when the same pair and settings are asked again: kept longer.
+DATASET_RUNS_MAX_AGE_S = 7 * 24 * 3600
+DATASET_RUNS_MAX_BYTES = 1024 * 1024 * 1024
+# Gradio's cache of uploads and served images: swept every PRUNE_EVERY seconds of files older than MAX_AGE
+# (DCLSVIZ_CACHE_MAX_AGE_S / DCLSVIZ_CACHE_PRUNE_EVERY_S override both, never above these).
+GRADIO_CACHE_MAX_AGE_S = 3600
+GRADIO_CACHE_PRUNE_EVERY_S = 600

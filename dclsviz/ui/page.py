@@ -16,9 +16,9 @@ import gradio as gr  # noqa: E402
 from .. import clickme, geometry, labels, metrics, render, zoo  # noqa: E402
 from ..cam import DEFAULT_THRESHOLD  # noqa: E402
 from ..compare import MAP_TITLES, MAPS  # noqa: E402
-from . import dataset_page, review_page  # noqa: E402
+from . import dataset_page, review_page, storage  # noqa: E402
 from .present import (SCORE_HEADERS, TOP5_HEADERS, TOP_FRACTION, Exports, column_head, overlays,  # noqa: E402
-                      provenance_text, rho_text, sample_text, score_rows, top5_rows)
+                      provenance_text, public_view, rho_text, sample_text, score_rows, top5_rows)
 from .service import (DEMO_ARCH, SOURCES, TARGET_LABEL, TARGET_PRED, VARIANT_TITLES, AppConfig,  # noqa: E402
                       CheckpointProblem, UserError, arch_choices, build_sample, checkpoint_status, class_names,
                       clickme_sample, default_arch, device_text, editor_value, log, open_shard, pair_available,
@@ -57,7 +57,9 @@ def theme():
 def build_ui(cfg: Optional[AppConfig] = None) -> gr.Blocks:
     cfg = cfg or AppConfig.from_env()
     exports = Exports(cfg.export_dir)
-    with gr.Blocks(title="dclsviz: DCLS Grad-CAM vs human attention") as demo:
+    # Gradio deletes its cached uploads and outputs older than the age, so the cache stays bounded
+    with gr.Blocks(title="dclsviz: DCLS Grad-CAM vs human attention",
+                   delete_cache=(cfg.cache_prune_every_s, cfg.cache_max_age_s)) as demo:
         gr.Markdown(INTRO)
         gr.Markdown(f"**Device:** {device_text(cfg)}", elem_id="device")
         with gr.Tabs():
@@ -303,7 +305,7 @@ def _api(cfg: AppConfig, exports: Exports) -> None:
             gr.Warning(n)
         names = class_names(arch)
         ov = overlays(c, 0.5, "jet")
-        manifest = {**c.manifest(names), "arch": arch, "notes": notes}
+        manifest = {**public_view(c).manifest(names), "arch": arch, "notes": notes}
         return (manifest, ov["human"] if c.human is not None else None,
                 *[ov[f"{v}_{m}"] for v in zoo.VARIANTS for m in MAPS], exports.write(c, names, 0.5, "jet", arch))
 
@@ -335,5 +337,9 @@ def _api(cfg: AppConfig, exports: Exports) -> None:
 
 
 def launch(demo: gr.Blocks, host: str, port: int, **kwargs):
+    """Serve ``demo``; with a cache age set, the folders Gradio's own sweep leaves empty are swept too."""
+    if demo.delete_cache and "app_kwargs" not in kwargs:
+        every, age = demo.delete_cache
+        kwargs["app_kwargs"] = {"lifespan": storage.sweeping(Path(gr.utils.get_upload_folder()), every, age)}
     return demo.launch(server_name=host, server_port=port, theme=theme(), css=CSS, show_error=True,
                        max_file_size=os.environ.get("DCLSVIZ_MAX_FILE_SIZE", "60mb"), **kwargs)

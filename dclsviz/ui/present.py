@@ -5,27 +5,51 @@ Nothing is computed here: maps and scores are the Comparison's, pictures come fr
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import tempfile
 import threading
-import time
 from pathlib import Path
 from typing import Optional
 
-from .. import labels, metrics, render
+from .. import labels, limits, metrics, render
 from ..compare import MAP_TITLES, MAPS, Comparison
+from . import storage
 from .service import VARIANT_TITLES
 
 # what compare's Dice/IoU use, read from the metric so the caption cannot drift from it
 TOP_FRACTION = inspect.signature(metrics.dice_iou_many).parameters["top"].default
 
 
+def public_provenance(p: dict) -> dict:
+    """A model's provenance as clients see it: the checkpoint's file name and origin, never its path here."""
+    out = {k: v for k, v in p.items() if k != "checkpoint_path"}
+    out["checkpoint_file"] = Path(p["checkpoint_path"]).name if p.get("checkpoint_path") else None
+    return out
+
+
+def public_name(name: str) -> str:
+    """A sample's name without the server's folders: a record "SHARD:INDEX" keeps the shard's file name."""
+    shard, sep, index = name.rpartition(":")
+    if sep and index.isdigit():
+        return f"{Path(shard).name}:{index}"
+    return Path(name).name if name else name
+
+
+def public_view(c: Comparison) -> Comparison:
+    """The comparison as responses show it (manifest, bundle): the same maps and scores, no server paths."""
+    outputs = {v: dataclasses.replace(o, provenance=public_provenance(o.provenance)) for v, o in c.outputs.items()}
+    return dataclasses.replace(c, sample=dataclasses.replace(c.sample, name=public_name(c.sample.name)),
+                               outputs=outputs)
+
+
 def provenance_text(c: Comparison) -> str:
+    """One line naming each checkpoint (file name, origin, sha256 prefix) and the device."""
     parts = []
     for v, o in c.outputs.items():
-        p = o.provenance
+        p = public_provenance(o.provenance)
         sha = (p.get("checkpoint_sha256") or "")[:12]
-        name = Path(p["checkpoint_path"]).name if p.get("checkpoint_path") else "in-memory weights"
+        name = p["checkpoint_file"] or "in-memory weights"
         parts.append(f"{VARIANT_TITLES[v]} `{name}` ({p.get('checkpoint_origin') or 'given'}, sha256 `{sha}`)")
     dev = next(iter(c.outputs.values())).provenance.get("device", "?")
     return f"**Checkpoints:** {' · '.join(parts)} · **computed on** `{dev}`"
@@ -97,14 +121,19 @@ def sample_text(c: Comparison, names, load_s: float, source: str) -> str:
 
 
 class Exports:
-    """Export bundles written for download; old ones are pruned so the folder does not grow forever."""
+    """Export bundles written for download, in a folder private to this process (``storage.private_dir``
+    when none is given). Old ones are pruned, by age and by total size, so the folder stays bounded."""
 
-    def __init__(self, folder: Path, keep_s: float = 3600.0):
-        self.folder = Path(folder)
+    def __init__(self, folder: Optional[Path] = None, keep_s: float = limits.EXPORTS_MAX_AGE_S,
+                 max_bytes: int = limits.EXPORTS_MAX_BYTES):
+        self.folder = storage.private_dir("dclsviz-exports-") if folder is None else Path(folder)
         self.keep_s = keep_s
+        self.max_bytes = max_bytes
         self._lock = threading.Lock()
 
     def write(self, c: Comparison, names, alpha: float, cmap: str, arch: str) -> str:
+        """The comparison's zip bundle (with its public manifest) in a new folder; returns its path."""
+        c = public_view(c)
         data = render.export_bundle(c, names, alpha, cmap)
         stem = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in Path(c.sample.name or "upload").name)
         path = self.new_folder() / f"dclsviz_{arch}_{stem[:60]}.zip"
@@ -113,18 +142,12 @@ class Exports:
 
     def new_folder(self) -> Path:
         """A folder of its own for one download, so concurrent users never overwrite each other's files."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self._prune()
+        # refuses a folder someone else made or swapped for a symlink, before anything is written into it
+        storage.ensure_private(self.folder)
+        self.prune()
         return Path(tempfile.mkdtemp(dir=self.folder))
 
-    def _prune(self) -> None:
-        cutoff = time.time() - self.keep_s
+    def prune(self) -> storage.PruneReport:
+        """Drop bundles older than ``keep_s``, then the oldest until the folder holds at most ``max_bytes``."""
         with self._lock:
-            for d in self.folder.iterdir():
-                try:
-                    if d.is_dir() and d.stat().st_mtime < cutoff:
-                        for f in d.iterdir():
-                            f.unlink()
-                        d.rmdir()
-                except OSError:
-                    pass
+            return storage.prune(self.folder, max_age_s=self.keep_s, max_bytes=self.max_bytes)

@@ -10,7 +10,6 @@ import functools
 import logging
 import os
 import random
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -20,6 +19,7 @@ import numpy as np
 from .. import checkpoints, clickme, geometry, images, labels, limits, models, render, zoo
 from ..compare import Comparison, Sample, compare
 from ..download import cache_root
+from . import storage
 
 try:  # registers the demo pair in the zoo
     from .. import demo as _demo
@@ -54,10 +54,14 @@ class AppConfig:
     concurrency: int = 2
     device: Optional[str] = None
     clickme_dir: Optional[Path] = None
-    export_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "dclsviz-exports")
+    # made fresh (mkdtemp, 0700) for each app: a fixed shared path could be planted by another user
+    export_dir: Path = field(default_factory=lambda: storage.private_dir("dclsviz-exports-"))
     # kept across restarts, so a Dataset run asked again only scores what is missing
     evaluation_dir: Path = field(default_factory=lambda: cache_root() / "evaluations")
     review_db: Optional[Path] = None  # None: review.db_path() ($DCLSVIZ_REVIEW_DB, else in the cache)
+    # Gradio's cache (GRADIO_TEMP_DIR): every cache_prune_every_s, files older than cache_max_age_s go
+    cache_max_age_s: int = limits.GRADIO_CACHE_MAX_AGE_S
+    cache_prune_every_s: int = limits.GRADIO_CACHE_PRUNE_EVERY_S
 
     @classmethod
     def from_env(cls) -> "AppConfig":
@@ -68,7 +72,15 @@ class AppConfig:
             default_arch=env.get("DCLSVIZ_DEFAULT_ARCH") or None,
             concurrency=max(1, int(env.get("DCLSVIZ_CONCURRENCY", "2"))),
             device=env.get("DCLSVIZ_DEVICE") or None,
+            cache_max_age_s=_seconds(env, "DCLSVIZ_CACHE_MAX_AGE_S", limits.GRADIO_CACHE_MAX_AGE_S),
+            cache_prune_every_s=_seconds(env, "DCLSVIZ_CACHE_PRUNE_EVERY_S", limits.GRADIO_CACHE_PRUNE_EVERY_S),
         )
+
+
+def _seconds(env, name: str, most: int) -> int:
+    """A duration from the environment, between 1 s and ``most`` (the cap the disk estimate relies on)."""
+    value = env.get(name)
+    return most if not value else limits.whole_number(value, name, 1, most)
 
 
 def arch_choices() -> list[str]:
@@ -128,9 +140,10 @@ def checkpoint_status(arch: str, cfg: AppConfig) -> str:
         title = VARIANT_TITLES[v]
         if e.checkpoint.bundled:
             p = zoo.ASSETS / e.checkpoint.bundled
-            state = f"bundled `{p.name}`" if p.is_file() else f"bundled file `{p}` is missing"
+            state = f"bundled `{p.name}`" if p.is_file() else f"bundled file `{p.name}` is missing"
         elif (hit := checkpoints.find_local(e, cfg.checkpoint_dir)) is not None:
-            state = f"{hit[0]} `{hit[1]}`"
+            # the file name and where it was found, never the folder: a server's paths stay on the server
+            state = f"{hit[0]} `{hit[1].name}`"
         elif cfg.download:
             state = f"not cached: downloaded on first use from {e.checkpoint.urls[0]}"
         else:
