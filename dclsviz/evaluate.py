@@ -4,10 +4,14 @@
 
 * ``per_image.csv``: one row per (arch, variant, shard, index), appended and fsynced batch by batch, so a
   killed run loses at most the batch in flight; a rerun skips the rows present and drops a torn last line.
+  A malformed line is moved aside into ``per_image.malformed-<UTC time>.csv`` and its row computed again.
+  Writers and readers of a folder take ``folder_lock``; readers open the file read-only.
 * ``run.json``: what the rows were computed with (geometry, threshold, target, checkpoint hashes); a rerun
   with other settings or other checkpoints is refused instead of mixing incomparable rows.
 * ``summary.json``: per arch × variant × map the mean ρ and its ceiling-normalised score, and per arch × map
   the paired DCLS − baseline statistics (``stats.paired``), over the records and models of this run.
+  Damaged data is listed there: the spans the shard index skipped (``damaged_spans``) and the records that
+  could not be read or decoded (``skipped_records``), which have no row.
 * ``scatter.png``: the paper's Figure 2 (baseline score against DCLS score, one point per model and CAM).
 * ``table1.txt``: the paper's Table 1 layout, also printed to stdout.
 
