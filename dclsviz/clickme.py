@@ -294,7 +294,7 @@ def _record_from_example(data: bytes, shard: str, index: int, offset: int) -> Cl
 # --- shards -------------------------------------------------------------------------------------------
 
 
-# How far a resynchronising scan reads at a time, and the largest record it will accept as a candidate.
+# How many bytes a resynchronising scan searches per read.
 _RESYNC_CHUNK = 1 << 20
 
 
