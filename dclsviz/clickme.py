@@ -35,7 +35,7 @@ NB_VAL_SHARDS = 17
 CLICKME_DIR_ENV = "DCLSVIZ_CLICKME_DIR"
 
 INDEX_SUFFIX = ".dclsviz-index.json"
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: damaged spans are kept with the offsets
 REQUIRED_KEYS = ("image", "heatmap", "label")
 
 _HEADER = struct.Struct("<QI")
@@ -294,31 +294,83 @@ def _record_from_example(data: bytes, shard: str, index: int, offset: int) -> Cl
 # --- shards -------------------------------------------------------------------------------------------
 
 
-def _scan_offsets(path: Path, size: int) -> list[int]:
-    # Reads only the 12-byte headers (the length and its CRC), so indexing a 100 MB shard is quick; the data
-    # CRC of each record is checked when the record is read.
-    offsets = []
+# How many bytes a resynchronising scan searches per read.
+_RESYNC_CHUNK = 1 << 20
+
+
+def _record_end(f, pos: int, size: int) -> tuple[Optional[int], str]:
+    """(end, "") for a record whose header is whole and checks out at ``pos``, else (None, why)."""
+    f.seek(pos)
+    header = f.read(_HEADER.size)
+    if len(header) < _HEADER.size:
+        return None, f"truncated record header ({size - pos} bytes left)"
+    length, length_crc = _HEADER.unpack(header)
+    if masked_crc32c(header[:8]) != length_crc:
+        return None, "bad length CRC"
+    end = pos + _HEADER.size + length + _FOOTER.size
+    if end > size:
+        return None, (f"truncated record: it announces {length} bytes but the file ends "
+                      f"{size - pos - _HEADER.size - _FOOTER.size} bytes into it")
+    return end, ""
+
+
+def _data_crc_ok(f, pos: int, end: int) -> bool:
+    f.seek(pos + _HEADER.size)
+    data = f.read(end - pos - _HEADER.size - _FOOTER.size)
+    return masked_crc32c(data) == _FOOTER.unpack(f.read(_FOOTER.size))[0]
+
+
+def _resync(f, start: int, size: int) -> Optional[int]:
+    """The first offset after ``start`` where a whole record with a valid header CRC and data CRC begins.
+
+    Both CRCs must match, so a false start inside damaged bytes is practically impossible. Candidates are
+    prefiltered with numpy: a record that fits in the file has a length whose high bytes are zero.
+    """
+    zero_bytes = 8 - max(1, (size.bit_length() + 7) // 8)
+    pos = start + 1
+    while pos + _HEADER.size <= size:
+        f.seek(pos)
+        buf = f.read(_RESYNC_CHUNK + _HEADER.size)
+        a = np.frombuffer(buf, np.uint8)
+        n = len(a) - _HEADER.size + 1
+        if n <= 0:
+            break
+        ok = np.ones(n, bool)
+        for k in range(8 - zero_bytes, 8):
+            ok &= a[k:k + n] == 0
+        for c in np.flatnonzero(ok):
+            cand = pos + int(c)
+            end, _ = _record_end(f, cand, size)
+            if end is not None and _data_crc_ok(f, cand, end):
+                return cand
+        pos += n
+    return None
+
+
+def _scan_offsets(path: Path, size: int) -> tuple[list[int], list[tuple[int, str]]]:
+    """Record offsets and the damaged spans, as (byte offset, reason).
+
+    A healthy shard costs one 12-byte header read per record (data CRCs are checked when a record is read).
+    Damage costs only where it is: after a bad header the scan resynchronises on the next whole record; a
+    truncated tail ends the index after the last whole record.
+    """
+    offsets: list[int] = []
+    damaged: list[tuple[int, str]] = []
     with open(path, "rb") as f:
         pos = 0
         while pos < size:
-            f.seek(pos)
-            header = f.read(_HEADER.size)
-            if len(header) < _HEADER.size:
-                raise ClickMeFormatError(
-                    f"{path}: truncated record header at byte offset {pos} ({size - pos} bytes left)"
-                )
-            length, length_crc = _HEADER.unpack(header)
-            if masked_crc32c(header[:8]) != length_crc:
-                raise ClickMeFormatError(f"{path}: bad length CRC at byte offset {pos} (not a TFRecord or damaged)")
-            end = pos + _HEADER.size + length + _FOOTER.size
-            if end > size:
-                raise ClickMeFormatError(
-                    f"{path}: record at byte offset {pos} announces {length} bytes but the file ends "
-                    f"{size - pos - _HEADER.size - _FOOTER.size} bytes into it (truncated)"
-                )
-            offsets.append(pos)
-            pos = end
-    return offsets
+            end, why = _record_end(f, pos, size)
+            if end is not None:
+                offsets.append(pos)
+                pos = end
+                continue
+            nxt = None if why.startswith("truncated") else _resync(f, pos, size)
+            if nxt is None:
+                damaged.append((pos, f"{why}; bytes {pos}-{size} hold no whole record after it"))
+                break
+            damaged.append((pos, f"{why}; bytes {pos}-{nxt} skipped, the next whole record starts at {nxt}"))
+            pos = nxt
+    return offsets, damaged
 
 
 def _folder_writable(folder: Path) -> bool:
@@ -349,6 +401,9 @@ class ClickMeShard:
     The byte offset of every record is found once and kept in `<shard>.dclsviz-index.json` beside the
     shard, or under `cache_root()/clickme-index/` when the shard's folder is read-only. The index is
     rebuilt when the shard's size or modification time changes.
+
+    Damage stays contained: records are numbered over the whole records found, and `damaged` lists what
+    the index had to skip as (byte offset, reason). A record whose data CRC fails raises for that record only.
     """
 
     def __init__(self, path: PathLike):
@@ -359,10 +414,16 @@ class ClickMeShard:
             raise FileNotFoundError(f"ClickMe shard {self.path}: {e.strerror or e}") from e
         if not stat.S_ISREG(st.st_mode):
             raise ClickMeFormatError(f"{self.path} is not a file")
+        if st.st_size == 0:
+            raise ClickMeFormatError(f"{self.path} is empty: a ClickMe shard holds at least one record")
         self.size = st.st_size
         self._fingerprint = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
         self.index_path: Optional[Path] = None
+        self.damaged: list[tuple[int, str]] = []
         self.offsets: list[int] = self._load_or_build_index()
+        if not self.offsets:
+            said = "; ".join(f"byte offset {o}: {why}" for o, why in self.damaged)
+            raise ClickMeFormatError(f"{self.path} holds no readable record ({said})")
 
     # index ------------------------------------------------------------------------------------------
 
@@ -372,7 +433,7 @@ class ClickMeShard:
         cached = cache_root() / "clickme-index" / f"{self.path.name}-{key}{INDEX_SUFFIX}"
         return beside, cached
 
-    def _read_index(self, p: Path) -> Optional[list[int]]:
+    def _read_index(self, p: Path) -> Optional[tuple[list[int], list[tuple[int, str]]]]:
         try:
             payload = json.loads(p.read_text())
         except (OSError, ValueError):
@@ -381,23 +442,27 @@ class ClickMeShard:
             return None
         if payload.get("fingerprint") != self._fingerprint:
             return None
-        offsets = payload.get("offsets")
-        if not isinstance(offsets, list) or not all(isinstance(o, int) for o in offsets):
+        offsets, damaged = payload.get("offsets"), payload.get("damaged")
+        if not isinstance(offsets, list) or not all(type(o) is int for o in offsets):
             return None
         if any(b <= a for a, b in zip(offsets, offsets[1:])) or (offsets and not 0 <= offsets[-1] < self.size):
             return None
-        return offsets
+        if not isinstance(damaged, list) or not all(
+                isinstance(d, list) and len(d) == 2 and type(d[0]) is int and isinstance(d[1], str) for d in damaged):
+            return None
+        return offsets, [(o, why) for o, why in damaged]
 
     def _load_or_build_index(self) -> list[int]:
         beside, cached = self._index_candidates()
         for p in (beside, cached):
-            offsets = self._read_index(p)
-            if offsets is not None:
+            found = self._read_index(p)
+            if found is not None:
                 self.index_path = p
+                offsets, self.damaged = found
                 return offsets
-        offsets = _scan_offsets(self.path, self.size)
+        offsets, self.damaged = _scan_offsets(self.path, self.size)
         payload = {"version": INDEX_VERSION, "shard": self.path.name, "fingerprint": self._fingerprint,
-                   "offsets": offsets}
+                   "offsets": offsets, "damaged": [list(d) for d in self.damaged]}
         targets = ([beside] if _folder_writable(self.path.parent) else []) + [cached]
         for p in targets:
             try:
@@ -411,6 +476,7 @@ class ClickMeShard:
     # records ----------------------------------------------------------------------------------------
 
     def __len__(self) -> int:
+        """The number of readable records: those whose framing the index found whole."""
         return len(self.offsets)
 
     def __repr__(self) -> str:
@@ -441,7 +507,7 @@ class ClickMeShard:
         n = len(self)
         j = int(i) + n if i < 0 else int(i)
         if not 0 <= j < n:
-            raise IndexError(f"{self.path} has {n} records, no record {i}")
+            raise IndexError(f"{self.path} has {n} readable records (0 to {n - 1}), no record {i}")
         return _record_from_example(self.read_bytes(j), str(self.path), j, self.offsets[j])
 
     def __iter__(self) -> Iterator[ClickMeRecord]:

@@ -4,10 +4,14 @@
 
 * ``per_image.csv``: one row per (arch, variant, shard, index), appended and fsynced batch by batch, so a
   killed run loses at most the batch in flight; a rerun skips the rows present and drops a torn last line.
+  A malformed line is moved aside into ``per_image.malformed-<UTC time>.csv`` and its row computed again.
+  Writers and readers of a folder take ``folder_lock``; readers open the file read-only.
 * ``run.json``: what the rows were computed with (geometry, threshold, target, checkpoint hashes); a rerun
   with other settings or other checkpoints is refused instead of mixing incomparable rows.
 * ``summary.json``: per arch × variant × map the mean ρ and its ceiling-normalised score, and per arch × map
   the paired DCLS − baseline statistics (``stats.paired``), over the records and models of this run.
+  Damaged data is listed there: the spans the shard index skipped (``damaged_spans``) and the records that
+  could not be read or decoded (``skipped_records``), which have no row.
 * ``scatter.png``: the paper's Figure 2 (baseline score against DCLS score, one point per model and CAM).
 * ``table1.txt``: the paper's Table 1 layout, also printed to stdout.
 
@@ -18,14 +22,19 @@ from __future__ import annotations
 
 import argparse
 import csv
+import fcntl
 import io
 import json
 import math
 import os
+import stat
 import sys
 import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Optional, Sequence
 
@@ -45,6 +54,7 @@ KEY = ("arch", "variant", "shard", "index")
 COLUMNS = (*KEY, "label", "target", "predicted", *(f"{k}_{m}" for k in METRICS for m in MAPS))
 CSV_NAME, RUN_NAME, SUMMARY_NAME, SCATTER_NAME, TABLE_NAME = (
     "per_image.csv", "run.json", "summary.json", "scatter.png", "table1.txt")
+LOCK_NAME = ".lock"  # flock'ed by writers and readers of the folder
 DEFAULT_BATCH = 32
 
 
@@ -116,57 +126,110 @@ def parse_float(s: str) -> Optional[float]:
 
 
 class ResultStore:
-    """``per_image.csv``: append-only rows, fsynced per batch; a torn last line is dropped on open."""
+    """``per_image.csv``: append-only rows, fsynced per batch.
 
-    def __init__(self, path: Path):
+    Opened for writing (the default; only under ``folder_lock``) a torn last line is cut off and malformed
+    lines (wrong field count, unparsable number, invalid UTF-8) are moved aside into
+    ``per_image.malformed-<UTC time>.csv`` before the file is rewritten without them, so their rows are
+    computed again. Opened with ``read_only=True`` nothing is ever written: a torn last line and malformed
+    lines are left out of ``rows``. A header of another version is refused either way.
+    """
+
+    def __init__(self, path: Path, *, read_only: bool = False):
         self.path = Path(path)
+        self.read_only = read_only
         self.rows: dict[tuple, dict] = {}
         self.dropped_torn_line = False
         self.duplicates = 0
-        self._load()
+        self.malformed: list[str] = []  # "line N: why", in file order
+        self.moved_aside: Optional[Path] = None
         self._file = None
+        self._load()
+
+    def _read(self) -> bytes:
+        try:
+            with open(self.path, "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            return b""
+        except OSError as e:
+            raise EvaluationError(f"cannot read {self.path}: {e.strerror or e}") from None
 
     def _load(self) -> None:
-        if not self.path.exists():
-            return
-        with open(self.path, "rb+") as f:
-            data = f.read()
-            if data and not data.endswith(b"\n"):
-                # Each batch is one write ending in a newline, so only a kill during a write leaves a line
-                # without one, and then it is the last; what precedes it is whole.
-                cut = data.rfind(b"\n") + 1
-                f.truncate(cut)
-                f.flush()
-                os.fsync(f.fileno())
-                data = data[:cut]
-                self.dropped_torn_line = True
-        lines = data.decode("utf-8").splitlines()
+        data = self._read()
+        if data and not data.endswith(b"\n"):
+            # Each batch is one write ending in a newline, so only a kill during a write (or a writer still
+            # writing, for a reader) leaves a line without one, and then it is the last.
+            data = data[:data.rfind(b"\n") + 1]
+            self.dropped_torn_line = True
+            if not self.read_only:
+                self._truncate(len(data))
+        lines = data.split(b"\n")[:-1]
         if not lines:
             return
-        header = next(csv.reader(lines[:1]))
-        if tuple(header) != COLUMNS:
-            raise EvaluationError(f"{self.path} has columns {header}, not this version's {list(COLUMNS)}; "
-                                  f"use another --out folder")
-        for lineno, fields in enumerate(csv.reader(lines[1:]), start=2):
-            if len(fields) != len(COLUMNS):
-                raise EvaluationError(f"{self.path} line {lineno}: {len(fields)} fields, expected {len(COLUMNS)}")
-            row = dict(zip(COLUMNS, fields))
+        self._check_header(lines[0])
+        good, bad = [lines[0]], []
+        for lineno, raw in enumerate(lines[1:], start=2):
             try:
-                row["index"] = int(row["index"])
-                for k in COLUMNS[len(KEY) + 3:]:
-                    parse_float(row[k])
-            except ValueError as e:
-                raise EvaluationError(f"{self.path} line {lineno}: {e}") from None
+                row = _parse_line(raw)
+            except (ValueError, csv.Error) as e:
+                self.malformed.append(f"line {lineno}: {e}")
+                bad.append(raw)
+                continue
+            good.append(raw)
             key = tuple(row[k] for k in KEY)
             if key in self.rows:
                 self.duplicates += 1
                 continue
             self.rows[key] = row
+        if bad and not self.read_only:
+            self._move_aside(good, bad)
+
+    def _check_header(self, raw: bytes) -> None:
+        try:
+            header = next(csv.reader([raw.decode("utf-8")]), [])
+        except (UnicodeDecodeError, csv.Error) as e:
+            raise EvaluationError(f"{self.path}: the header line is unreadable ({e}); use another --out folder") from None
+        if tuple(header) != COLUMNS:
+            raise EvaluationError(f"{self.path} has columns {header}, not this version's {list(COLUMNS)}; "
+                                  f"use another --out folder")
+
+    def _truncate(self, size: int) -> None:
+        try:
+            with open(self.path, "rb+") as f:
+                f.truncate(size)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise EvaluationError(f"cannot repair {self.path}: {e.strerror or e}") from None
+
+    def _move_aside(self, good: list[bytes], bad: list[bytes]) -> None:
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        side = self.path.with_name(f"{self.path.stem}.malformed-{stamp}{self.path.suffix}")
+        try:
+            _write_atomically(side, b"".join(raw + b"\n" for raw in bad))
+            _write_atomically(self.path, b"".join(raw + b"\n" for raw in good))
+        except OSError as e:
+            raise EvaluationError(f"cannot repair {self.path}: {e.strerror or e}") from None
+        self.moved_aside = side
+
+    def repair_note(self) -> Optional[str]:
+        """What opening the file changed, for the log; None when it was whole."""
+        notes = []
+        if self.dropped_torn_line:
+            notes.append("dropped a torn last line left by an interrupted run")
+        if self.moved_aside is not None:
+            notes.append(f"moved {len(self.malformed)} malformed line(s) ({'; '.join(self.malformed[:5])}"
+                         f"{'; …' if len(self.malformed) > 5 else ''}) to {self.moved_aside}; their rows are "
+                         f"computed again")
+        return f"{self.path}: " + "; ".join(notes) if notes else None
 
     def done(self, arch: str, variant: str) -> set[Item]:
         return {Item(k[2], k[3]) for k in self.rows if k[0] == arch and k[1] == variant}
 
     def __enter__(self) -> "ResultStore":
+        if self.read_only:
+            raise EvaluationError(f"{self.path} was opened read-only")
         new = not self.path.exists() or self.path.stat().st_size == 0
         self._file = open(self.path, "a", newline="", encoding="utf-8")
         if new:
@@ -178,16 +241,86 @@ class ResultStore:
         self._file = None
 
     def _write(self, rows: Iterable[Sequence]) -> None:
-        buf = io.StringIO()
-        csv.writer(buf, lineterminator="\n").writerows(rows)
-        self._file.write(buf.getvalue())
+        self._file.write(csv_text(rows))
         self._file.flush()
         os.fsync(self._file.fileno())
 
     def append(self, rows: list[dict]) -> None:
-        self._write([[_cell(r[c]) for c in COLUMNS] for r in rows])
+        self._write([row_cells(r) for r in rows])
         for r in rows:
             self.rows[tuple(r[k] for k in KEY)] = {c: (_cell(r[c]) if c != "index" else r[c]) for c in COLUMNS}
+
+
+def row_cells(row: dict) -> list[str]:
+    """A row (as computed, or as read back) as the CSV's cells, in column order."""
+    return [_cell(row[c]) for c in COLUMNS]
+
+
+def csv_text(rows: Iterable[Sequence]) -> str:
+    """Rows as ``per_image.csv`` writes them (``\\n`` line ends, minimal quoting)."""
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(rows)
+    return buf.getvalue()
+
+
+def _parse_line(raw: bytes) -> dict:
+    """One data line of ``per_image.csv`` as a row (strings, the index an int); ValueError says what is wrong."""
+    fields = next(csv.reader([raw.decode("utf-8")]), [])
+    if len(fields) != len(COLUMNS):
+        raise ValueError(f"{len(fields)} fields, expected {len(COLUMNS)}")
+    row = dict(zip(COLUMNS, fields))
+    row["index"] = int(row["index"])
+    int(row["target"]), int(row["predicted"])
+    if row["label"] != "":  # a record without a label has none
+        int(row["label"])
+    for k in COLUMNS[len(KEY) + 3:]:
+        parse_float(row[k])
+    return row
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        if path.exists():  # a rewritten file keeps its permissions (mkstemp's are private)
+            os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+_thread_locks: dict[str, threading.Lock] = {}
+_thread_locks_guard = threading.Lock()
+
+
+@contextmanager
+def folder_lock(folder: Path):
+    """Exclusive use of a run folder, across threads and processes: writers (``evaluate``) and readers alike.
+
+    ``flock`` belongs to an open file, so two threads of one process could each hold their own; the
+    per-folder ``threading.Lock`` orders threads, the ``flock`` on ``LOCK_NAME`` orders processes. The kernel
+    drops the ``flock`` when a process dies, so a killed run leaves no stale lock. Not reentrant.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with _thread_locks_guard:
+        lock = _thread_locks.setdefault(str(folder.resolve()), threading.Lock())
+    with lock, open(folder / LOCK_NAME, "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def read_rows(folder: Path) -> dict[tuple, dict]:
+    """The rows of ``folder/per_image.csv`` read under the folder's lock, without writing anything."""
+    with folder_lock(folder):
+        return ResultStore(Path(folder) / CSV_NAME, read_only=True).rows
 
 
 def output_row(arch: str, variant: str, item: Item, label: Optional[int], out) -> dict:
@@ -205,16 +338,7 @@ def output_row(arch: str, variant: str, item: Item, label: Optional[int], out) -
 
 def _write_json(path: Path, payload: dict) -> None:
     # the summary and run record appear whole or not at all, even when the run is killed while writing
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    _write_atomically(path, json.dumps(payload, indent=1).encode())
 
 
 class RunRecord:
@@ -259,9 +383,18 @@ def _batches(items: Sequence[Item], size: int) -> Iterator[list[Item]]:
 
 
 def _read_batch(shards: dict[str, clickme.ClickMeShard], items: Sequence[Item], transforms: Sequence):
-    """The batch's samples, and its model inputs once per distinct transform (a baseline and its twin share one)."""
-    samples = [Sample.from_clickme(shards[it.shard][it.index]) for it in items]
-    return samples, {t: prepare_inputs(samples, t) for t in transforms}
+    """The batch's readable items and samples, their model inputs once per distinct transform (a baseline and
+    its twin share one), and the unreadable items as {item: reason}."""
+    kept, samples, bad = [], [], {}
+    for it in items:
+        shard = shards[it.shard]
+        try:
+            samples.append(Sample.from_clickme(shard[it.index]))
+        except ValueError as e:  # ClickMeFormatError, or a decoded image or map out of bounds
+            bad[it] = str(e).replace(str(shard.path), it.shard)  # the file name only, never a server path
+            continue
+        kept.append(it)
+    return kept, samples, ({t: prepare_inputs(samples, t) for t in transforms} if samples else {}), bad
 
 
 def _progress(total: int, enabled: bool):
@@ -279,95 +412,128 @@ def _download_bar(name: str, enabled: bool):
     return update
 
 
+@dataclass
+class _Run:
+    """What one ``evaluate`` call shares between its architectures."""
+
+    shards: dict[str, clickme.ClickMeShard]
+    items: Sequence[Item]
+    store: ResultStore
+    record: RunRecord
+    pool: ThreadPoolExecutor
+    bar: tqdm
+    log: Callable[[str], None]
+    threshold: float
+    geometry: str
+    batch_size: int
+    on_progress: Optional[Callable[[int, int], None]]
+    unreadable: dict[Item, str]
+
+
 def evaluate(archs: Sequence[str], variants: Sequence[str], shards: dict[str, clickme.ClickMeShard],
              items: Sequence[Item], out: Path, *, geometry: str = "paper", threshold: float = DEFAULT_THRESHOLD,
              batch_size: int = DEFAULT_BATCH, device=None, checkpoint_dir: Optional[Path] = None,
              download: bool = True, progress: bool = True, log=None,
              on_progress: Optional[Callable[[int, int], None]] = None,
-             loader: Optional[Callable[[str, str], "LoadedModel"]] = None) -> dict[str, str]:
+             loader: Optional[Callable[[str, str], "LoadedModel"]] = None,
+             skipped_records: Optional[list[dict]] = None) -> dict[str, str]:
     """Append the missing rows of ``archs`` × ``variants`` × ``items`` to ``out/per_image.csv``.
 
-    ``on_progress(done, total)`` is called after each batch (rows this call has to compute).
-    ``loader(arch, variant)``: a ready model, e.g. from the app's pair cache; by default ``models.load``.
-    Returns {arch: reason} for the architectures skipped because a checkpoint is unavailable.
+    The folder is held under ``folder_lock`` throughout. ``on_progress(done, total)`` is called after each
+    batch (rows this call has to compute). ``loader(arch, variant)``: a ready model, e.g. from the app's pair
+    cache; by default ``models.load``. A record that cannot be read or decoded is logged and skipped (it gets
+    no row, so each later run tries and reports it again); ``skipped_records``, when given, receives one
+    {shard, index, reason} per such record. Returns {arch: reason} for the architectures skipped because a
+    checkpoint is unavailable.
     """
     import torch
 
-    from .cam import CamEngine
-    from .checkpoints import CheckpointError
     from .models import load
 
     # through tqdm, so a message does not land in the middle of the progress bar's line
     log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
     if batch_size < 1:
         raise EvaluationError("--batch-size must be at least 1")
-    out.mkdir(parents=True, exist_ok=True)
-    record = RunRecord(out, geometry, threshold)
-    record.save()
-    store = ResultStore(out / CSV_NAME)
-    if store.dropped_torn_line:
-        log(f"{store.path}: dropped a torn last line left by an interrupted run")
     device = torch.device(device) if device is not None else None
-    pending = {}
-    for a in archs:
-        for v in variants:
-            done = store.done(a, v)
-            pending[a, v] = [it for it in items if it not in done]
-    skipped: dict[str, str] = {}
-    bar = _progress(sum(len(p) for p in pending.values()), progress)
-    # Reading, decoding and preprocessing the next batch overlaps the models' work on this one.
-    pool = ThreadPoolExecutor(1, thread_name_prefix="dclsviz-read")
-    try:
-        with store:
-            for arch in archs:
-                todo = {v: set(pending[arch, v]) for v in variants if pending[arch, v]}
-                if not todo:
-                    continue
-                loaded = {}
-                try:
-                    for v in todo:
-                        entry = zoo.get(arch, v)
-                        loaded[v] = loader(arch, v) if loader is not None else load(
-                            entry, checkpoint_dir=checkpoint_dir, device=device, download=download,
-                            progress=_download_bar(entry.checkpoint.file_name, progress))
-                except CheckpointError as e:
-                    skipped[arch] = str(e)
-                    log(f"skipping {arch}: {e}")
-                    bar.total -= sum(len(t) for t in todo.values())
-                    bar.refresh()
-                    loaded.clear()  # the variant that did load is of no use alone; free it now
-                    continue
-                for v, lm in loaded.items():
-                    record.check_checkpoint(lm.entry.id, lm.provenance()["checkpoint_sha256"])
-                engines = {v: CamEngine(lm) for v, lm in loaded.items()}
-                transforms = list(dict.fromkeys(lm.entry.transform for lm in loaded.values()))
-                union = [it for it in items if any(it in t for t in todo.values())]
-                batches = list(_batches(union, batch_size))
-                future = pool.submit(_read_batch, shards, batches[0], transforms) if batches else None
-                for k, batch in enumerate(batches):
-                    samples, prepared = future.result()
-                    if k + 1 < len(batches):
-                        future = pool.submit(_read_batch, shards, batches[k + 1], transforms)
-                    rows = []
-                    for v, lm in loaded.items():
-                        idx = [i for i, it in enumerate(batch) if it in todo[v]]
-                        if not idx:
-                            continue
-                        x, windows = prepared[lm.entry.transform]
-                        if len(idx) < len(batch):  # a resumed run: this model already has some of the batch
-                            x, windows = x[idx], [windows[i] for i in idx]
-                        outs = explain_batch(lm, [samples[i] for i in idx], TARGET, threshold, geometry, engines[v],
-                                             inputs=(x, windows))
-                        rows.extend(output_row(arch, v, batch[i], samples[i].label, o) for i, o in zip(idx, outs))
-                    store.append(rows)
-                    bar.update(len(rows))
-                    if on_progress is not None:
-                        on_progress(bar.n, bar.total)
-                del loaded, engines
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
-        bar.close()
+    if loader is None:
+        def loader(arch, v):
+            entry = zoo.get(arch, v)
+            return load(entry, checkpoint_dir=checkpoint_dir, device=device, download=download,
+                        progress=_download_bar(entry.checkpoint.file_name, progress))
+    with folder_lock(out):
+        record = RunRecord(out, geometry, threshold)
+        record.save()
+        store = ResultStore(out / CSV_NAME)
+        if store.repair_note():
+            log(store.repair_note())
+        pending = {(a, v): [it for it in items if it not in store.done(a, v)] for a in archs for v in variants}
+        # Reading, decoding and preprocessing the next batch overlaps the models' work on this one.
+        run = _Run(shards, items, store, record, ThreadPoolExecutor(1, thread_name_prefix="dclsviz-read"),
+                   _progress(sum(len(p) for p in pending.values()), progress), log, threshold, geometry,
+                   batch_size, on_progress, {})
+        skipped: dict[str, str] = {}
+        try:
+            with store:
+                for arch in archs:
+                    todo = {v: set(pending[arch, v]) for v in variants if pending[arch, v]}
+                    if todo:
+                        _evaluate_arch(run, arch, todo, loader, skipped)
+        finally:
+            run.pool.shutdown(wait=False, cancel_futures=True)
+            run.bar.close()
+    if skipped_records is not None:
+        skipped_records.extend({"shard": it.shard, "index": it.index, "reason": why}
+                               for it, why in run.unreadable.items())
     return skipped
+
+
+def _evaluate_arch(run: _Run, arch: str, todo: dict[str, set[Item]], loader, skipped: dict[str, str]) -> None:
+    """One architecture's missing rows, batch by batch; a checkpoint problem skips the architecture."""
+    from .cam import CamEngine
+    from .checkpoints import CheckpointError
+
+    loaded = {}
+    try:
+        for v in todo:
+            loaded[v] = loader(arch, v)
+    except CheckpointError as e:
+        skipped[arch] = str(e)
+        run.log(f"skipping {arch}: {e}")
+        run.bar.total -= sum(len(t) for t in todo.values())
+        run.bar.refresh()
+        return  # the variant that did load is of no use alone
+    for v, lm in loaded.items():
+        run.record.check_checkpoint(lm.entry.id, lm.provenance()["checkpoint_sha256"])
+    engines = {v: CamEngine(lm) for v, lm in loaded.items()}
+    transforms = list(dict.fromkeys(lm.entry.transform for lm in loaded.values()))
+    union = [it for it in run.items if any(it in t for t in todo.values())]
+    batches = list(_batches(union, run.batch_size))
+    future = run.pool.submit(_read_batch, run.shards, batches[0], transforms) if batches else None
+    for k in range(len(batches)):
+        batch, samples, prepared, bad = future.result()
+        if k + 1 < len(batches):
+            future = run.pool.submit(_read_batch, run.shards, batches[k + 1], transforms)
+        for it, why in bad.items():
+            if it not in run.unreadable:
+                run.unreadable[it] = why
+                run.log(f"skipping {it.shard} record {it.index}: {why}")
+            run.bar.total -= sum(it in t for t in todo.values())
+        rows = []
+        for v, lm in loaded.items():
+            idx = [i for i, it in enumerate(batch) if it in todo[v]]
+            if not idx:
+                continue
+            x, windows = prepared[lm.entry.transform]
+            if len(idx) < len(batch):  # a resumed run: this model already has some of the batch
+                x, windows = x[idx], [windows[i] for i in idx]
+            outs = explain_batch(lm, [samples[i] for i in idx], TARGET, run.threshold, run.geometry, engines[v],
+                                 inputs=(x, windows))
+            rows.extend(output_row(arch, v, batch[i], samples[i].label, o) for i, o in zip(idx, outs))
+        if rows:
+            run.store.append(rows)
+        run.bar.update(len(rows))
+        if run.on_progress is not None:
+            run.on_progress(run.bar.n, run.bar.total)
 
 
 # --- aggregation -------------------------------------------------------------------------------------
@@ -434,15 +600,18 @@ def scatter(models: dict, path: Path, title: str) -> bool:
     points = [p for p in points if p[2] is not None and p[3] is not None]
     if not points:
         return False
+    # the object API only: pyplot's global figure state is not safe in the app's worker threads
     import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
     markers = {"gradcam": "o", "threshold_gradcam": "^"}
-    colours = {a: plt.get_cmap("tab10")(i % 10) for i, a in enumerate(dict.fromkeys(p[0] for p in points))}
-    fig, ax = plt.subplots(figsize=(6, 6), dpi=150)
+    tab10 = matplotlib.colormaps["tab10"]
+    colours = {a: tab10(i % 10) for i, a in enumerate(dict.fromkeys(p[0] for p in points))}
+    fig = Figure(figsize=(6, 6), dpi=150)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     xs = [p[2] for p in points] + [p[3] for p in points]
     lo, hi = min(xs), max(xs)
     pad = 0.05 * (hi - lo or 1.0)
@@ -461,7 +630,6 @@ def scatter(models: dict, path: Path, title: str) -> bool:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return True
 
 
@@ -521,22 +689,37 @@ def _shard_paths(args) -> list[Path]:
     return found
 
 
+def data_report(shards: dict[str, clickme.ClickMeShard], skipped_records: Sequence[dict] = ()) -> dict:
+    """The summary's account of the data: shard file names (never a server path), the damaged spans their
+    indexing skipped and the records that could not be read, which have no row and are in no mean."""
+    report = {"shards": list(shards),
+              "damaged_spans": [{"shard": name, "offset": o, "reason": why}
+                                for name, sh in shards.items() for o, why in sh.damaged],
+              "skipped_records": list(skipped_records)}
+    if report["skipped_records"] or report["damaged_spans"]:
+        report["skipped_note"] = ("damaged data was skipped: the records listed have no row and are left out of "
+                                  "every mean; a rerun reports them again")
+    return report
+
+
 def write_report(out: Path, archs: Sequence[str], variants: Sequence[str], shards: dict[str, clickme.ClickMeShard],
                  items: Sequence[Item], *, geometry: str, threshold: float, limit: Optional[int] = None,
-                 skipped: Optional[dict] = None, n_resamples: int = stats.N_RESAMPLES, seed: int = stats.SEED) -> dict:
+                 skipped: Optional[dict] = None, skipped_records: Sequence[dict] = (),
+                 n_resamples: int = stats.N_RESAMPLES, seed: int = stats.SEED) -> dict:
     """summary.json, table1.txt and scatter.png of ``out``'s rows for these models and items; returns the summary."""
-    record = RunRecord(out, geometry, threshold)
-    result = summarise(ResultStore(out / CSV_NAME).rows, archs, variants, items, n_resamples=n_resamples, seed=seed)
-    summary = {"geometry": geometry, "threshold": threshold, "target": TARGET,
-               "human_ceiling": metrics.HUMAN_CEILING, "n_items": len(items),
-               "shards": {name: str(s.path.resolve()) for name, s in shards.items()}, "limit": limit,
-               "archs": list(archs), "variants": list(variants), "skipped": dict(skipped or {}),
-               "checkpoints": {k: sha for k, sha in record.checkpoints.items()
-                               if k.rsplit(".", 1)[0] in archs and k.rsplit(".", 1)[1] in variants},
-               **result, "versions": versions()}
-    _write_json(out / SUMMARY_NAME, summary)
-    (out / TABLE_NAME).write_text(table1(result["models"], archs) + "\n")
-    scatter(result["models"], out / SCATTER_NAME, f"{len(items)} images, {geometry} geometry, threshold {threshold}")
+    with folder_lock(out):
+        record = RunRecord(out, geometry, threshold)
+        rows = ResultStore(out / CSV_NAME, read_only=True).rows
+        result = summarise(rows, archs, variants, items, n_resamples=n_resamples, seed=seed)
+        summary = {"geometry": geometry, "threshold": threshold, "target": TARGET,
+                   "human_ceiling": metrics.HUMAN_CEILING, "n_items": len(items), **data_report(shards, skipped_records),
+                   "limit": limit, "archs": list(archs), "variants": list(variants), "skipped": dict(skipped or {}),
+                   "checkpoints": {k: sha for k, sha in record.checkpoints.items()
+                                   if k.rsplit(".", 1)[0] in archs and k.rsplit(".", 1)[1] in variants},
+                   **result, "versions": versions()}
+        _write_json(out / SUMMARY_NAME, summary)
+        (out / TABLE_NAME).write_text(table1(result["models"], archs) + "\n")
+        scatter(result["models"], out / SCATTER_NAME, f"{len(items)} images, {geometry} geometry, threshold {threshold}")
     return summary
 
 
@@ -570,16 +753,23 @@ def run(args) -> int:
                                   f"on the demo shard (--demo) and the study's architectures on ClickMe shards")
     items = select_items(shards, args.limit)
     out: Path = args.out
+    for name, sh in shards.items():
+        for offset, why in sh.damaged:
+            print(f"{name}: damaged at byte offset {offset}: {why}", file=sys.stderr)
+    unreadable: list[dict] = []
     skipped = evaluate(archs, variants, shards, items, out, geometry=args.geometry, threshold=args.threshold,
                        batch_size=args.batch_size, device=args.device, checkpoint_dir=args.checkpoint_dir,
-                       download=not args.no_download, progress=not args.no_progress)
+                       download=not args.no_download, progress=not args.no_progress, skipped_records=unreadable)
     summary = write_report(out, archs, variants, shards, items, geometry=args.geometry, threshold=args.threshold,
-                           limit=args.limit, skipped=skipped, n_resamples=args.resamples, seed=args.seed)
+                           limit=args.limit, skipped=skipped, skipped_records=unreadable,
+                           n_resamples=args.resamples, seed=args.seed)
     print(f"Alignment with human maps (ceiling-normalised Spearman, {len(items)} images)\n"
           f"{table1(summary['models'], archs)}")
     for line in paired_lines(summary["paired"]):
         print(line)
     print(f"wrote {out}")
+    if unreadable:
+        print(f"skipped {len(unreadable)} damaged record(s), listed in {out / SUMMARY_NAME}", file=sys.stderr)
     if skipped:
         print(f"skipped, checkpoint unavailable or unreadable (see above): {', '.join(skipped)}", file=sys.stderr)
         return 1

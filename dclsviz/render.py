@@ -45,14 +45,15 @@ def fmt_rho(rho: Optional[float], has_human: bool) -> str:
 
 def panel_png(c: Comparison, class_names: Sequence[str], alpha: float = 0.5, cmap: str = "jet") -> bytes:
     """One figure for reports: per model, the human map and both CAM overlays with their Spearman."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    # the object API only: pyplot's global figure state is not safe in the app's worker threads
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     img = c.frame_image()
     variants = list(c.outputs)
-    fig, axes = plt.subplots(len(variants), 3, figsize=(9.6, 3.4 * len(variants)), dpi=110, squeeze=False)
+    fig = Figure(figsize=(9.6, 3.4 * len(variants)), dpi=110)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(variants), 3, squeeze=False)
     for r, v in enumerate(variants):
         o = c.outputs[v]
         ax = axes[r, 0]
@@ -78,7 +79,6 @@ def panel_png(c: Comparison, class_names: Sequence[str], alpha: float = 0.5, cma
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    plt.close(fig)
     return buf.getvalue()
 
 

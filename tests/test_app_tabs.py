@@ -70,6 +70,23 @@ def test_dataset_endpoint_equals_the_cli_and_reuses_rows(client, tmp_path):
     assert summary["n_items"] == 16 and summary["models"]["demo"]["dcls"]["gradcam"]["n"] == 16
 
 
+def test_dataset_zip_holds_exactly_the_requested_rows_and_no_server_path(client, app_server):
+    client.predict("demo", "", 64, "paper", 0.3, api_name="/evaluate")  # the run folder now holds 64 records
+    summary, bundle = client.predict("demo", "", 16, "paper", 0.3, api_name="/evaluate")
+    files = _zip_files(bundle)
+    rows = _csv_rows(files["demo/per_image.csv"])
+    assert len(rows) == 16 * 2
+    assert sorted((r["variant"], int(r["index"])) for r in rows) == sorted((v, i) for v in zoo.VARIANTS
+                                                                          for i in range(16))
+    assert files["demo/per_image.csv"].split(b"\n", 1)[0].decode().split(",")[:4] == ["arch", "variant", "shard",
+                                                                                       "index"]
+    assert summary["n_items"] == 16 and summary["shards"] == [DEMO_SHARD.name] and "runs" not in summary
+    assert json.loads(files["summary.json"]) == summary
+    texts = [json.dumps(summary), *files, *(v.decode("utf-8") for n, v in files.items() if not n.endswith(".png"))]
+    for server_path in (str(app_server.home), str(REPO), str(DEMO_SHARD.parent)):
+        assert not [t for t in texts if server_path in t], server_path
+
+
 def test_dataset_endpoint_refuses_bad_requests_and_keeps_serving(client, app_server, kit):
     from gradio_client.exceptions import AppError
 

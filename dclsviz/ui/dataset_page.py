@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import threading
+import shutil
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,15 +36,6 @@ SUMMARY_HEADERS = ["pair", "model", "map", "mean ρ", "ρ / ceiling", "n", "ρ u
 PAIRED_HEADERS = ["pair", "map", "mean Δρ", "95% CI", "Wilcoxon p", "n"]
 ROW_HEADERS = ["pair", "record", "label", "Baseline top-1", "DCLS top-1",
                *(f"{VARIANT_TITLES[v]} ρ {MAP_TITLES[m]}" for m in MAPS for v in zoo.VARIANTS)]
-
-_folder_locks: dict[Path, threading.Lock] = {}
-_folder_locks_guard = threading.Lock()
-
-
-def _folder_lock(path: Path) -> threading.Lock:
-    with _folder_locks_guard:
-        return _folder_locks.setdefault(path.resolve(), threading.Lock())
-
 
 def run_folder(cfg: AppConfig, arch: str, shard: Path, geometry_name: str, threshold: float, pair) -> Path:
     """Where this evaluation's rows live; other checkpoints or settings get another folder, never mixed rows."""
@@ -86,10 +77,35 @@ def _check(archs: list[str], shard: Optional[str], n_images, geometry_name: str,
 
 @dataclass
 class DatasetRun:
-    summary: dict  # as evaluate's summary.json, over every pair that ran, plus "runs": {arch: run folder}
-    folders: dict[str, Path]
+    summary: dict  # as evaluate's summary.json, over every pair that ran; shard names only, no server path
+    folders: dict[str, Path]  # each pair's run folder on the server; never sent to a client
     items: list[evaluate.Item]
-    report: Path  # the combined Figure 2, Table 1 and summary
+    report: Path  # this request's folder: Figure 2, Table 1, summary, and per pair its rows and run.json
+    rows: dict[str, dict[tuple, dict]]  # per pair, the rows of the requested items only
+
+
+def read_run(out: Path, arch: str, items, geometry_name: str, threshold: float) -> tuple[dict, dict]:
+    """The rows of ``arch`` on ``items`` in a run folder, and its checkpoint hashes, read under the folder's
+    lock without writing anything (a batch being appended meanwhile is neither seen half-written nor cut)."""
+    wanted = {(it.shard, it.index) for it in items}
+    with evaluate.folder_lock(out):
+        rows = evaluate.ResultStore(out / evaluate.CSV_NAME, read_only=True).rows
+        shas = evaluate.RunRecord(out, geometry_name, threshold).checkpoints
+    return {k: r for k, r in rows.items() if k[0] == arch and (k[2], k[3]) in wanted}, shas
+
+
+def _score_pair(arch: str, pair, path: Path, shards, items, geometry_name: str, th: float, cfg: AppConfig,
+                report, unreadable: list[dict]) -> tuple[Path, dict, dict]:
+    out = run_folder(cfg, arch, path, geometry_name, th, pair)
+    try:
+        # evaluate holds the folder's lock while it writes; another request for the same folder waits for it
+        evaluate.evaluate([arch], list(zoo.VARIANTS), shards, items, out, geometry=geometry_name, threshold=th,
+                          batch_size=BATCH, progress=False, on_progress=report, log=lambda msg: None,
+                          loader=lambda a, v: pair[v], skipped_records=unreadable)
+        rows, shas = read_run(out, arch, items, geometry_name, th)
+    except evaluate.EvaluationError as e:
+        raise UserError(str(e).replace(str(out), out.name)) from None
+    return out, rows, shas
 
 
 @on_gpu(duration=300)
@@ -98,17 +114,17 @@ def run_evaluation(archs, shard: Optional[str], n_images, geometry_name: str, th
     """Score the first ``n_images`` records of a listed shard with both models of each pair.
 
     A pair whose checkpoints are unavailable is skipped (and said in ``summary["skipped"]``) when others ran.
+    Damaged records are skipped and listed (``summary["skipped_records"]``).
     """
     archs = arch_list(archs)
     path, n, th = _check(archs, shard, n_images, geometry_name, threshold, cfg)
     shards = evaluate.open_shards([path])
     items = evaluate.select_items(shards, n)
     summary = {"geometry": geometry_name, "threshold": th, "target": evaluate.TARGET,
-               "human_ceiling": metrics.HUMAN_CEILING, "n_items": len(items),
-               "shards": {name: str(sh.path.resolve()) for name, sh in shards.items()}, "limit": n,
-               "archs": archs, "variants": list(zoo.VARIANTS), "skipped": {}, "checkpoints": {}, "models": {},
-               "paired": {}, "runs": {}}
-    folders: dict[str, Path] = {}
+               "human_ceiling": metrics.HUMAN_CEILING, "n_items": len(items), **evaluate.data_report(shards),
+               "limit": n, "archs": archs, "variants": list(zoo.VARIANTS), "skipped": {}, "checkpoints": {},
+               "models": {}, "paired": {}}
+    folders, rows, unreadable = {}, {}, []
     for k, arch in enumerate(archs):
         try:
             pair = load_pair(arch, cfg, progress)
@@ -117,40 +133,45 @@ def run_evaluation(archs, shard: Optional[str], n_images, geometry_name: str, th
                 raise
             summary["skipped"][arch] = str(e)
             continue
-        out = run_folder(cfg, arch, path, geometry_name, th, pair)
 
         def report(done, total, k=k, arch=arch):
             if progress is not None:
                 progress((k + done / max(total, 1)) / len(archs), desc=f"Scoring {arch} ({k + 1} of {len(archs)}) "
                          f"on {len(items)} records")
 
-        with _folder_lock(out):
-            try:
-                evaluate.evaluate([arch], list(zoo.VARIANTS), shards, items, out, geometry=geometry_name,
-                                  threshold=th, batch_size=BATCH, progress=False, on_progress=report,
-                                  log=lambda msg: None, loader=lambda a, v: pair[v])
-                # the pair's numbers only: the figure and table are drawn once, over every pair, below
-                part = evaluate.summarise(evaluate.ResultStore(out / evaluate.CSV_NAME).rows, [arch],
-                                          list(zoo.VARIANTS), items)
-                shas = evaluate.RunRecord(out, geometry_name, th).checkpoints
-            except evaluate.EvaluationError as e:
-                raise UserError(str(e)) from None
+        folders[arch], rows[arch], shas = _score_pair(arch, pair, path, shards, items, geometry_name, th, cfg,
+                                                      report, unreadable)
+        # the pair's numbers only: the figure and table are drawn once, over every pair, below
+        part = evaluate.summarise(rows[arch], [arch], list(zoo.VARIANTS), items)
         summary["models"].update(part["models"])
         summary["paired"].update(part["paired"])
         summary["checkpoints"].update(shas)
-        summary["runs"][arch] = str(out)
-        folders[arch] = out
     if not folders:
         raise UserError("no pair could be evaluated: " + "; ".join(f"{a}: {why}" for a, why in
                                                                    summary["skipped"].items()))
+    summary.update(evaluate.data_report(shards, list({(r["shard"], r["index"]): r for r in unreadable}.values())))
     summary["versions"] = versions()
-    report_dir = Exports(cfg.export_dir).new_folder()
-    ran = list(folders)
-    evaluate.scatter(summary["models"], report_dir / evaluate.SCATTER_NAME,
-                     f"{', '.join(ran)}: {len(items)} images, {geometry_name} geometry, threshold {th}")
-    (report_dir / evaluate.TABLE_NAME).write_text(evaluate.table1(summary["models"], ran) + "\n")
-    (report_dir / evaluate.SUMMARY_NAME).write_text(json.dumps(summary, indent=1))
-    return DatasetRun(summary, folders, items, report_dir)
+    run = DatasetRun(summary, folders, items, Exports(cfg.export_dir).new_folder(), rows)
+    _write_report(run, geometry_name, th)
+    return run
+
+
+def _write_report(run: DatasetRun, geometry_name: str, th: float) -> None:
+    """This request's files: Figure 2, Table 1 and the summary over every pair that ran, and per pair exactly
+    the requested records' rows (not the run folder's whole CSV, which earlier requests may have grown)."""
+    ran = list(run.folders)
+    evaluate.scatter(run.summary["models"], run.report / evaluate.SCATTER_NAME,
+                     f"{', '.join(ran)}: {len(run.items)} images, {geometry_name} geometry, threshold {th}")
+    (run.report / evaluate.TABLE_NAME).write_text(evaluate.table1(run.summary["models"], ran) + "\n")
+    (run.report / evaluate.SUMMARY_NAME).write_text(json.dumps(run.summary, indent=1))
+    for arch, out in run.folders.items():
+        folder = run.report / arch
+        folder.mkdir()
+        order = [(arch, v, it.shard, it.index) for v in zoo.VARIANTS for it in run.items]
+        table = [evaluate.row_cells(run.rows[arch][key]) for key in order if key in run.rows[arch]]
+        (folder / evaluate.CSV_NAME).write_text(evaluate.csv_text([evaluate.COLUMNS, *table]), encoding="utf-8")
+        with evaluate.folder_lock(out):
+            shutil.copyfile(out / evaluate.RUN_NAME, folder / evaluate.RUN_NAME)
 
 
 # --- what the tab shows ---------------------------------------------------------------------------------
@@ -185,8 +206,8 @@ def paired_rows(run: DatasetRun) -> list[list[str]]:
 
 def image_rows(run: DatasetRun) -> list[list[str]]:
     table = []
-    for arch, out in run.folders.items():
-        rows = evaluate.ResultStore(out / evaluate.CSV_NAME).rows
+    for arch in run.folders:
+        rows = run.rows[arch]
         names = class_names(arch)
         for it in run.items:
             got = {v: rows.get((arch, v, it.shard, it.index)) for v in zoo.VARIANTS}
@@ -202,7 +223,7 @@ def image_rows(run: DatasetRun) -> list[list[str]]:
 
 def headline(run: DatasetRun, seconds: Optional[float] = None) -> str:
     s = run.summary
-    shard = ", ".join(Path(p).name for p in s["shards"].values())
+    shard = ", ".join(s["shards"])
     parts = [f"**{', '.join(run.folders)}** on the first **{s['n_items']}** records of `{shard}` · geometry "
              f"`{s['geometry']}` · threshold {s['threshold']:g} · ρ / ceiling divides by the inter-human ρ "
              f"({metrics.HUMAN_CEILING:.3f})"]
@@ -213,22 +234,27 @@ def headline(run: DatasetRun, seconds: Optional[float] = None) -> str:
                              + (f" (Wilcoxon p {p['wilcoxon']['p']:.2g})" if p["wilcoxon"]["p"] is not None else ""))
     for arch, why in s["skipped"].items():
         parts.append(f"**{arch} skipped**: {why}")
+    bad = s.get("skipped_records", [])
+    if bad:
+        parts.append(f"**{len(bad)} damaged record(s) skipped**, left out of every mean: "
+                     + "; ".join(f"{r['shard']}:{r['index']} ({r['reason']})" for r in bad[:5])
+                     + ("; …" if len(bad) > 5 else ""))
     if seconds is not None:
         parts.append(f"{seconds:.1f} s (records scored earlier with the same models and settings are reused)")
     return "  \n".join(parts)
 
 
 def bundle(run: DatasetRun, export_dir: Path) -> str:
-    """One zip: the combined summary, Table 1 and Figure 2, and each pair's run folder under its name."""
+    """One zip of this request's files: the combined summary, Table 1 and Figure 2, and per pair the requested
+    records' rows and its run.json, under the pair's name."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
         for name in (evaluate.SUMMARY_NAME, evaluate.TABLE_NAME, evaluate.SCATTER_NAME):
             if (run.report / name).is_file():
                 z.write(run.report / name, name)
-        for arch, out in run.folders.items():
+        for arch in run.folders:
             for name in (evaluate.CSV_NAME, evaluate.RUN_NAME):
-                if (out / name).is_file():
-                    z.write(out / name, f"{arch}/{name}")
+                z.write(run.report / arch / name, f"{arch}/{name}")
     path = run.report / f"dclsviz_evaluation_{'_'.join(run.folders)}.zip"
     path.write_bytes(buf.getvalue())
     return str(path)
