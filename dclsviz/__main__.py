@@ -24,26 +24,6 @@ def _progress_bar(desc: str):
     return update
 
 
-def _parse_target(value: str):
-    """'pred', 'label', or the class as given: an index or a name, resolved against the model's classes."""
-    from . import limits
-
-    try:
-        value = limits.text(value, "--target", limits.MAX_TARGET_CHARS, required=True)
-    except limits.LimitError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    return value
-
-
-def _threshold(value: str) -> float:
-    from . import limits
-
-    try:
-        return limits.unit_interval(value, "--threshold")
-    except limits.LimitError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
 def _finite_or_null(obj):
     """``obj`` with every non-finite float (NaN, ±inf, also numpy's) turned into None, for strict JSON."""
     if isinstance(obj, dict):
@@ -166,6 +146,7 @@ def cmd_models(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .cam import DEFAULT_THRESHOLD
+    from . import limits
     from .geometry import GEOMETRIES
     from .zoo import VARIANTS
 
@@ -181,10 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--variant", choices=VARIANTS, default="dcls")
     e.add_argument("--checkpoint", type=Path, help="a checkpoint file to use instead of the zoo's")
     e.add_argument("--checkpoint-dir", type=Path, help="a folder holding the published checkpoint files")
-    e.add_argument("--target", type=_parse_target, default="label",
+    e.add_argument("--target", type=limits.cli_type(limits.text, "--target", limits.MAX_TARGET_CHARS, required=True),
+                   default="label",
                    help="class to explain: an index, a class name, 'pred' (top-1) or 'label' (default: the "
                         "record's label when known, else the prediction)")
-    e.add_argument("--threshold", type=_threshold, default=DEFAULT_THRESHOLD,
+    e.add_argument("--threshold", type=limits.cli_type(limits.unit_interval, "--threshold"),
+                   default=DEFAULT_THRESHOLD,
                    help="floor of Threshold-Grad-CAM, in [0, 1] (default %(default)s)")
     e.add_argument("--geometry", choices=GEOMETRIES, default="paper")
     e.add_argument("--human", type=Path, help="a human attention map (image file or .npy) over the image")

@@ -543,7 +543,7 @@ def parse_spec(spec: str) -> tuple[Path, int]:
     if not isinstance(spec, str) or ":" not in spec:
         raise ValueError(f"expected SHARD:INDEX, e.g. val-0.tfrecords:12, got {spec!r}")
     path, index = spec.rsplit(":", 1)
-    if not path or not re.fullmatch(r"\d+", index.strip()):
+    if not path or not re.fullmatch(r"[0-9]+", index.strip()):
         raise ValueError(f"expected SHARD:INDEX with a non-negative integer index, got {spec!r}")
     return Path(path), int(index)
 
@@ -604,6 +604,6 @@ def find_local_shards(folder: Optional[PathLike] = None) -> list[Path]:
     found = [
         p
         for p in folder.iterdir()
-        if p.is_file() and (p.suffix in (".tfrecords", ".tfrecord") or re.fullmatch(r"clickme_val_\d+", p.name))
+        if p.is_file() and (p.suffix in (".tfrecords", ".tfrecord") or re.fullmatch(r"clickme_val_[0-9]+", p.name))
     ]
     return sorted(found, key=_shard_order)

@@ -21,6 +21,10 @@ from .models import LoadedModel
 MAPS = ("gradcam", "threshold_gradcam")
 MAP_TITLES = {"gradcam": "Grad-CAM", "threshold_gradcam": "Threshold-Grad-CAM"}
 
+class NonFiniteError(ValueError):
+    """An input or a model's logits hold NaN or infinite values; the message says which."""
+
+
 # "label": the sample's ground truth when it has one, else the prediction; "pred"; or a class index
 TargetSpec = Union[str, int]
 
@@ -109,7 +113,7 @@ def prepare_inputs(samples: Sequence[Sample], transform) -> tuple[torch.Tensor, 
         if s.input_tensor is not None:
             x, w = s.input_tensor, geometry.Window(0.0, 0.0, 1.0, 1.0)
             if not bool(torch.isfinite(x).all()):
-                raise ValueError(f"the input tensor of sample {s.name or '(unnamed)'} holds NaN/inf values")
+                raise NonFiniteError(f"the input tensor of sample {s.name or '(unnamed)'} holds NaN/inf values")
         else:
             x, w = geometry.preprocess(s.image, transform)
         xs.append(x)
@@ -131,7 +135,7 @@ def explain_batch(loaded: LoadedModel, samples: Sequence[Sample], target: Target
     finite = np.isfinite(result.logits).all(axis=1)
     if not finite.all():
         bad = samples[int(np.argmin(finite))]
-        raise ValueError(f"model {loaded.entry.id} produced non-finite logits for sample "
+        raise NonFiniteError(f"model {loaded.entry.id} produced non-finite logits for sample "
                          f"{bad.name or '(unnamed)'}: its maps and scores would be meaningless")
     names = labels.class_names_for(loaded.entry)
     maps = [{"gradcam": result.gradcam[i], "threshold_gradcam": result.threshold_gradcam[i]}

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Optional, Sequen
 
 from tqdm import tqdm
 
-from . import clickme, labels, metrics, stats, zoo
+from . import clickme, labels, limits, metrics, stats, zoo
 from .cam import DEFAULT_THRESHOLD
 from .compare import MAP_TITLES, MAPS, Sample, explain_batch, prepare_inputs, versions
 from .geometry import GEOMETRIES
@@ -654,7 +654,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="only the first N records over the shards")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
     p.add_argument("--geometry", choices=GEOMETRIES, default="paper")
-    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
+    p.add_argument("--threshold", type=limits.cli_type(limits.unit_interval, "--threshold"), default=DEFAULT_THRESHOLD,
+                   help="Threshold-Grad-CAM floor, in [0, 1] (default: %(default)s)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
     p.add_argument("--checkpoint-dir", type=Path, help="a folder holding the published checkpoint files")
     p.add_argument("--no-download", action="store_true", help="skip architectures whose checkpoints are not local")

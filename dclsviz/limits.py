@@ -122,3 +122,18 @@ DATASET_RUNS_MAX_BYTES = 1024 * 1024 * 1024
 # (DCLSVIZ_CACHE_MAX_AGE_S / DCLSVIZ_CACHE_PRUNE_EVERY_S override both, never above these).
 GRADIO_CACHE_MAX_AGE_S = 3600
 GRADIO_CACHE_PRUNE_EVERY_S = 600
+
+
+def cli_type(check, field: str, *bounds, **options):
+    """An argparse ``type=`` running ``check(value, field, *bounds, **options)``: a broken limit becomes argparse's own
+    error (usage line, message, exit 2), so the command line states limits exactly as the app does."""
+    import argparse
+
+    def parse(value: str):
+        try:
+            return check(value, field, *bounds, **options)
+        except LimitError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    parse.__name__ = field.lstrip("-").replace("-", "_")
+    return parse

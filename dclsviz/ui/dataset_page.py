@@ -23,6 +23,7 @@ import gradio as gr
 from .. import evaluate, geometry, labels, metrics, zoo
 from ..cam import DEFAULT_THRESHOLD
 from ..compare import MAP_TITLES, MAPS, versions
+from . import storage
 from .present import Exports
 from .service import (AppConfig, CheckpointProblem, UserError, VARIANT_TITLES, arch_choices, check_settings,
                       class_names, default_arch, load_pair, on_gpu, open_shard, resolve_shard, shard_choices,
@@ -153,6 +154,8 @@ def run_evaluation(archs, shard: Optional[str], n_images, geometry_name: str, th
     summary["versions"] = versions()
     run = DatasetRun(summary, folders, items, Exports(cfg.export_dir).new_folder(), rows)
     _write_report(run, geometry_name, th)
+    # each pair, shard and setting keeps its own run folder: bounded here, never the ones just used
+    storage.prune_dataset_runs(cfg.evaluation_dir, keep={f.name for f in folders.values()})
     return run
 
 

@@ -15,7 +15,7 @@ import gradio as gr  # noqa: E402
 
 from .. import clickme, geometry, labels, metrics, render, zoo  # noqa: E402
 from ..cam import DEFAULT_THRESHOLD  # noqa: E402
-from ..compare import MAP_TITLES, MAPS  # noqa: E402
+from ..compare import MAP_TITLES, MAPS, NonFiniteError  # noqa: E402
 from . import dataset_page, review_page, storage  # noqa: E402
 from .present import (SCORE_HEADERS, TOP5_HEADERS, TOP_FRACTION, Exports, column_head, overlays,  # noqa: E402
                       provenance_text, public_view, rho_text, sample_text, score_rows, top5_rows)
@@ -29,10 +29,12 @@ MAP_TYPES = IMAGE_TYPES + [".npy"]
 
 
 def _as_gradio_error(e: Exception) -> gr.Error:
-    if isinstance(e, UserError):
+    if isinstance(e, (UserError, NonFiniteError)):
         return gr.Error(str(e))
     log.exception("comparison failed")
-    return gr.Error(f"internal error ({type(e).__name__}: {e}); the app keeps running, please report this")
+    # the exception's text can name server files: it goes to the log, the visitor gets its kind only
+    return gr.Error(f"internal error ({type(e).__name__}); the app keeps running and the details are in the "
+                    "server log, please report this")
 
 
 # --- the page ----------------------------------------------------------------------------------------

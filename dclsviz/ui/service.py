@@ -179,7 +179,7 @@ def resolve_shard(shard: Optional[str], cfg: AppConfig) -> Path:
     choices = shard_choices(cfg)
     if not choices:
         raise UserError("no ClickMe shard is available: the demo shard is missing and none was found in "
-                        f"{os.environ.get(clickme.CLICKME_DIR_ENV) or clickme.cache_root() / 'clickme'} "
+                        f"${clickme.CLICKME_DIR_ENV} or $DCLSVIZ_CACHE/clickme "
                         f"(set {clickme.CLICKME_DIR_ENV} to a folder of val-N.tfrecords files)")
     if not shard or shard == DEMO_ARCH:
         return Path(choices[0][1])
