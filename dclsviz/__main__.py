@@ -179,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--checkpoint-dir", type=Path)
     m.set_defaults(func=cmd_models)
 
-    from .evaluate import add_parser as add_evaluate
+    from .evaluate_cli import add_parser as add_evaluate
 
     add_evaluate(sub)
 

@@ -132,7 +132,7 @@ class CamEngine:
                 keep_activations: bool = False, frame: int = FRAME) -> CamResult:
         """``x``: normalised (B,3,H,W). ``targets``: None/"pred" for top-1, a class, or one per image."""
         lm = self.loaded
-        x = x.to(lm.device, torch.float32)
+        x = x.to(lm.device, torch.float32, non_blocking=True)  # pinned batches copy while the host goes on
         if lm.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.no_grad(), CamLayerCapture(lm.cam_module) as capture:

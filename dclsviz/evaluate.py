@@ -20,7 +20,6 @@ All maps and scores come from ``compare.explain_batch``; this module only schedu
 
 from __future__ import annotations
 
-import argparse
 import csv
 import fcntl
 import io
@@ -31,19 +30,17 @@ import stat
 import sys
 import tempfile
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Optional, Sequence
 
 from tqdm import tqdm
 
-from . import clickme, labels, limits, metrics, stats, zoo
+from . import clickme, datapath, metrics, stats, zoo
 from .cam import DEFAULT_THRESHOLD
-from .compare import MAP_TITLES, MAPS, Sample, explain_batch, prepare_inputs, versions
-from .geometry import GEOMETRIES
+from .compare import MAP_TITLES, MAPS, explain_batch, versions
 
 if TYPE_CHECKING:
     from .models import LoadedModel
@@ -207,8 +204,8 @@ class ResultStore:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
         side = self.path.with_name(f"{self.path.stem}.malformed-{stamp}{self.path.suffix}")
         try:
-            _write_atomically(side, b"".join(raw + b"\n" for raw in bad))
-            _write_atomically(self.path, b"".join(raw + b"\n" for raw in good))
+            write_atomically(side, b"".join(raw + b"\n" for raw in bad))
+            write_atomically(self.path, b"".join(raw + b"\n" for raw in good))
         except OSError as e:
             raise EvaluationError(f"cannot repair {self.path}: {e.strerror or e}") from None
         self.moved_aside = side
@@ -278,7 +275,7 @@ def _parse_line(raw: bytes) -> dict:
     return row
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
+def write_atomically(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
         if path.exists():  # a rewritten file keeps its permissions (mkstemp's are private)
@@ -338,7 +335,7 @@ def output_row(arch: str, variant: str, item: Item, label: Optional[int], out) -
 
 def _write_json(path: Path, payload: dict) -> None:
     # the summary and run record appear whole or not at all, even when the run is killed while writing
-    _write_atomically(path, json.dumps(payload, indent=1).encode())
+    write_atomically(path, json.dumps(payload, indent=1).encode())
 
 
 class RunRecord:
@@ -377,26 +374,6 @@ class RunRecord:
 # --- the loop ----------------------------------------------------------------------------------------
 
 
-def _batches(items: Sequence[Item], size: int) -> Iterator[list[Item]]:
-    for i in range(0, len(items), size):
-        yield list(items[i:i + size])
-
-
-def _read_batch(shards: dict[str, clickme.ClickMeShard], items: Sequence[Item], transforms: Sequence):
-    """The batch's readable items and samples, their model inputs once per distinct transform (a baseline and
-    its twin share one), and the unreadable items as {item: reason}."""
-    kept, samples, bad = [], [], {}
-    for it in items:
-        shard = shards[it.shard]
-        try:
-            samples.append(Sample.from_clickme(shard[it.index]))
-        except ValueError as e:  # ClickMeFormatError, or a decoded image or map out of bounds
-            bad[it] = str(e).replace(str(shard.path), it.shard)  # the file name only, never a server path
-            continue
-        kept.append(it)
-    return kept, samples, ({t: prepare_inputs(samples, t) for t in transforms} if samples else {}), bad
-
-
 def _progress(total: int, enabled: bool):
     return tqdm(total=total, unit="img", desc="evaluate", file=sys.stderr, disable=not enabled, smoothing=0.1)
 
@@ -420,7 +397,7 @@ class _Run:
     items: Sequence[Item]
     store: ResultStore
     record: RunRecord
-    pool: ThreadPoolExecutor
+    workers: int
     bar: tqdm
     log: Callable[[str], None]
     threshold: float
@@ -436,7 +413,7 @@ def evaluate(archs: Sequence[str], variants: Sequence[str], shards: dict[str, cl
              download: bool = True, progress: bool = True, log=None,
              on_progress: Optional[Callable[[int, int], None]] = None,
              loader: Optional[Callable[[str, str], "LoadedModel"]] = None,
-             skipped_records: Optional[list[dict]] = None) -> dict[str, str]:
+             skipped_records: Optional[list[dict]] = None, workers: int = 0) -> dict[str, str]:
     """Append the missing rows of ``archs`` × ``variants`` × ``items`` to ``out/per_image.csv``.
 
     The folder is held under ``folder_lock`` throughout. ``on_progress(done, total)`` is called after each
@@ -444,7 +421,8 @@ def evaluate(archs: Sequence[str], variants: Sequence[str], shards: dict[str, cl
     cache; by default ``models.load``. A record that cannot be read or decoded is logged and skipped (it gets
     no row, so each later run tries and reports it again); ``skipped_records``, when given, receives one
     {shard, index, reason} per such record. Returns {arch: reason} for the architectures skipped because a
-    checkpoint is unavailable.
+    checkpoint is unavailable. ``workers``: processes that read, decode and preprocess the records
+    (``datapath``); 0 does it in a thread of this process, a batch ahead of the models.
     """
     import torch
 
@@ -468,7 +446,7 @@ def evaluate(archs: Sequence[str], variants: Sequence[str], shards: dict[str, cl
             log(store.repair_note())
         pending = {(a, v): [it for it in items if it not in store.done(a, v)] for a in archs for v in variants}
         # Reading, decoding and preprocessing the next batch overlaps the models' work on this one.
-        run = _Run(shards, items, store, record, ThreadPoolExecutor(1, thread_name_prefix="dclsviz-read"),
+        run = _Run(shards, items, store, record, workers,
                    _progress(sum(len(p) for p in pending.values()), progress), log, threshold, geometry,
                    batch_size, on_progress, {})
         skipped: dict[str, str] = {}
@@ -479,7 +457,6 @@ def evaluate(archs: Sequence[str], variants: Sequence[str], shards: dict[str, cl
                     if todo:
                         _evaluate_arch(run, arch, todo, loader, skipped)
         finally:
-            run.pool.shutdown(wait=False, cancel_futures=True)
             run.bar.close()
     if skipped_records is not None:
         skipped_records.extend({"shard": it.shard, "index": it.index, "reason": why}
@@ -507,28 +484,24 @@ def _evaluate_arch(run: _Run, arch: str, todo: dict[str, set[Item]], loader, ski
     engines = {v: CamEngine(lm) for v, lm in loaded.items()}
     transforms = list(dict.fromkeys(lm.entry.transform for lm in loaded.values()))
     union = [it for it in run.items if any(it in t for t in todo.values())]
-    batches = list(_batches(union, run.batch_size))
-    future = run.pool.submit(_read_batch, run.shards, batches[0], transforms) if batches else None
-    for k in range(len(batches)):
-        batch, samples, prepared, bad = future.result()
-        if k + 1 < len(batches):
-            future = run.pool.submit(_read_batch, run.shards, batches[k + 1], transforms)
-        for it, why in bad.items():
+    pin = any(lm.device.type == "cuda" for lm in loaded.values())
+    for batch in datapath.batches(run.shards, union, transforms, run.batch_size, run.workers, pin):
+        for it, why in batch.failed:
             if it not in run.unreadable:
                 run.unreadable[it] = why
                 run.log(f"skipping {it.shard} record {it.index}: {why}")
             run.bar.total -= sum(it in t for t in todo.values())
         rows = []
         for v, lm in loaded.items():
-            idx = [i for i, it in enumerate(batch) if it in todo[v]]
+            idx = [i for i, it in enumerate(batch.items) if it in todo[v]]
             if not idx:
                 continue
-            x, windows = prepared[lm.entry.transform]
-            if len(idx) < len(batch):  # a resumed run: this model already has some of the batch
+            x, windows = batch.inputs[lm.entry.transform]
+            if len(idx) < len(batch.items):  # a resumed run: this model already has some of the batch
                 x, windows = x[idx], [windows[i] for i in idx]
-            outs = explain_batch(lm, [samples[i] for i in idx], TARGET, run.threshold, run.geometry, engines[v],
-                                 inputs=(x, windows))
-            rows.extend(output_row(arch, v, batch[i], samples[i].label, o) for i, o in zip(idx, outs))
+            outs = explain_batch(lm, [batch.samples[i] for i in idx], TARGET, run.threshold, run.geometry,
+                                 engines[v], inputs=(x, windows))
+            rows.extend(output_row(arch, v, batch.items[i], batch.samples[i].label, o) for i, o in zip(idx, outs))
         if rows:
             run.store.append(rows)
         run.bar.update(len(rows))
@@ -633,63 +606,6 @@ def scatter(models: dict, path: Path, title: str) -> bool:
     return True
 
 
-# --- command line ------------------------------------------------------------------------------------
-
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("evaluate", help="score models on ClickMe shards: per-image CSV, summary, "
-                                               "paired statistics, Figure 2 and Table 1",
-                              description="Score models against ClickMe human maps, resumably, and write the "
-                                          "study's Table 1 and Figure 2.")
-    which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--arch", help="architecture(s), comma-separated (see `python -m dclsviz models`)")
-    which.add_argument("--all", action="store_true", help="the study's 8 architectures")
-    p.add_argument("--variants", default=",".join(zoo.VARIANTS), help="comma-separated (default: %(default)s)")
-    data = p.add_mutually_exclusive_group(required=True)
-    data.add_argument("--clickme", nargs="*", type=Path, metavar="PATH",
-                      help="ClickMe shard files or folders (none given: $DCLSVIZ_CLICKME_DIR or the cache)")
-    data.add_argument("--demo", action="store_true", help="the bundled demo shard")
-    p.add_argument("--fetch-clickme", action="store_true",
-                   help="with --clickme and no PATH: download the 17 validation shards into the cache first")
-    p.add_argument("--limit", type=int, help="only the first N records over the shards")
-    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
-    p.add_argument("--geometry", choices=GEOMETRIES, default="paper")
-    p.add_argument("--threshold", type=limits.cli_type(limits.unit_interval, "--threshold"), default=DEFAULT_THRESHOLD,
-                   help="Threshold-Grad-CAM floor, in [0, 1] (default: %(default)s)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
-    p.add_argument("--checkpoint-dir", type=Path, help="a folder holding the published checkpoint files")
-    p.add_argument("--no-download", action="store_true", help="skip architectures whose checkpoints are not local")
-    p.add_argument("--resamples", type=int, default=stats.N_RESAMPLES, help="bootstrap resamples")
-    p.add_argument("--seed", type=int, default=stats.SEED, help="bootstrap seed")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--out", type=Path, required=True)
-    p.set_defaults(func=run)
-    return p
-
-
-def _shard_paths(args) -> list[Path]:
-    if args.demo:
-        from . import demo
-
-        return [zoo.ASSETS / demo.SHARD]
-    if args.clickme:
-        return resolve_shards(args.clickme)
-    if args.fetch_clickme:
-        bars: dict[int, tqdm] = {}
-
-        def report(k, n, done, total):
-            if k not in bars:
-                bars[k] = tqdm(total=total, unit="B", unit_scale=True, desc=f"shard {k + 1}/{n}", file=sys.stderr)
-            bars[k].update(done - bars[k].n)
-
-        return clickme.download_val_shards(progress=report)
-    found = clickme.find_local_shards()
-    if not found:
-        raise EvaluationError(f"no ClickMe shards in ${clickme.CLICKME_DIR_ENV} or the cache; give shard paths, "
-                              f"or add --fetch-clickme to download the validation shards (~1.5 GB)")
-    return found
-
-
 def data_report(shards: dict[str, clickme.ClickMeShard], skipped_records: Sequence[dict] = ()) -> dict:
     """The summary's account of the data: shard file names (never a server path), the damaged spans their
     indexing skipped and the records that could not be read, which have no row and are in no mean."""
@@ -722,70 +638,3 @@ def write_report(out: Path, archs: Sequence[str], variants: Sequence[str], shard
         (out / TABLE_NAME).write_text(table1(result["models"], archs) + "\n")
         scatter(result["models"], out / SCATTER_NAME, f"{len(items)} images, {geometry} geometry, threshold {threshold}")
     return summary
-
-
-def paired_lines(paired: dict) -> list[str]:
-    """One line per arch and map: Δρ (DCLS − baseline), its bootstrap CI, Wilcoxon p, number of pairs."""
-    lines = []
-    for a, per_map in paired.items():
-        for m, s in per_map.items():
-            ci = f"[{s['ci'][0]:+.4f}, {s['ci'][1]:+.4f}]" if s["ci"] else "-"
-            p = f"{s['wilcoxon']['p']:.3g}" if s["wilcoxon"]["p"] is not None else "-"
-            mean = f"{s['mean_delta']:+.4f}" if s["mean_delta"] is not None else "-"
-            lines.append(f"{a} {MAP_TITLES[m]}: Δρ (DCLS − baseline) {mean}, 95% CI {ci}, Wilcoxon p {p}, "
-                         f"{s['n_pairs']} pairs")
-    return lines
-
-
-def run(args) -> int:
-    archs = list(zoo.PAPER_ARCHS) if args.all else [a.strip() for a in args.arch.split(",") if a.strip()]
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    for a in archs:
-        for v in variants:
-            zoo.get(a, v)  # unknown names fail here, with the list of known ones, before any work
-    if args.limit is not None and args.limit < 1:
-        raise EvaluationError("--limit must be at least 1")
-    shards = open_shards(_shard_paths(args))
-    for a in archs:
-        unfit = [name for name in shards if not labels.shard_labels_fit(name, zoo.get(a, variants[0]))]
-        if unfit:
-            # the study explains each record's label, so the labels must be classes of the model
-            raise EvaluationError(f"the labels of {', '.join(unfit)} are not classes of {a}: evaluate the demo pair "
-                                  f"on the demo shard (--demo) and the study's architectures on ClickMe shards")
-    items = select_items(shards, args.limit)
-    out: Path = args.out
-    for name, sh in shards.items():
-        for offset, why in sh.damaged:
-            print(f"{name}: damaged at byte offset {offset}: {why}", file=sys.stderr)
-    unreadable: list[dict] = []
-    skipped = evaluate(archs, variants, shards, items, out, geometry=args.geometry, threshold=args.threshold,
-                       batch_size=args.batch_size, device=args.device, checkpoint_dir=args.checkpoint_dir,
-                       download=not args.no_download, progress=not args.no_progress, skipped_records=unreadable)
-    summary = write_report(out, archs, variants, shards, items, geometry=args.geometry, threshold=args.threshold,
-                           limit=args.limit, skipped=skipped, skipped_records=unreadable,
-                           n_resamples=args.resamples, seed=args.seed)
-    print(f"Alignment with human maps (ceiling-normalised Spearman, {len(items)} images)\n"
-          f"{table1(summary['models'], archs)}")
-    for line in paired_lines(summary["paired"]):
-        print(line)
-    print(f"wrote {out}")
-    if unreadable:
-        print(f"skipped {len(unreadable)} damaged record(s), listed in {out / SUMMARY_NAME}", file=sys.stderr)
-    if skipped:
-        print(f"skipped, checkpoint unavailable or unreadable (see above): {', '.join(skipped)}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dclsviz.evaluate")
-    args = add_parser(parser.add_subparsers(dest="command", required=True)).parse_args(argv)
-    try:
-        return args.func(args)
-    except (EvaluationError, KeyError, ValueError, OSError) as e:
-        print(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main(["evaluate", *sys.argv[1:]]))
