@@ -11,7 +11,9 @@ A record that cannot be read or decoded is reported with its reason instead of e
 
 from __future__ import annotations
 
+import functools
 import os
+import signal
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterator, Optional, Sequence
@@ -95,7 +97,8 @@ class _Collate:
         return _collate(self.set_, batch)
 
 
-def _worker_init(_: int) -> None:
+def _worker_init(parent: int, _: int) -> None:
+    _die_with_parent(parent)
     # each worker does one record at a time: extra intra-op threads would only fight the other workers
     torch.set_num_threads(1)
     try:
@@ -104,6 +107,19 @@ def _worker_init(_: int) -> None:
         cv2.setNumThreads(1)
     except ImportError:  # pragma: no cover - cv2 is a requirement
         pass
+
+
+def _die_with_parent(parent: int) -> None:
+    # A run killed with SIGKILL cannot stop its workers, and a worker blocked on a full result pipe never
+    # notices: it would live on holding the run's pipes and files. The kernel kills it with its parent instead.
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        return
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 def batches(shards: dict[str, clickme.ClickMeShard], items: Sequence, transforms: Sequence[Transform],
@@ -115,7 +131,7 @@ def batches(shards: dict[str, clickme.ClickMeShard], items: Sequence, transforms
     inputs, for models on CUDA.
     """
     set_ = RecordSet(shards, items, transforms)
-    kwargs = dict(worker_init_fn=_worker_init, prefetch_factor=prefetch or 2) if workers > 0 else {}
+    kwargs = dict(worker_init_fn=functools.partial(_worker_init, os.getpid()), prefetch_factor=prefetch or 2) if workers > 0 else {}
     loader = DataLoader(set_, batch_size=batch_size, shuffle=False, num_workers=workers,
                         collate_fn=_Collate(set_), pin_memory=pin_memory, **kwargs)
     yield from (loader if workers > 0 else _one_ahead(iter(loader)))
