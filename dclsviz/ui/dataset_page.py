@@ -25,8 +25,8 @@ from ..cam import DEFAULT_THRESHOLD
 from ..compare import MAP_TITLES, MAPS, versions
 from .present import Exports
 from .service import (AppConfig, CheckpointProblem, UserError, VARIANT_TITLES, arch_choices, check_settings,
-                      class_names, default_arch, load_pair, on_gpu, open_shard, resolve_shard, shard_choices,
-                      shard_label_space_matches)
+                      class_names, dataset_gpu_seconds, default_arch, load_pair, on_gpu, open_shard, resolve_shard,
+                      shard_choices, shard_label_space_matches)
 
 MAX_IMAGES = 200
 DEFAULT_IMAGES = 64
@@ -92,7 +92,8 @@ class DatasetRun:
     report: Path  # the combined Figure 2, Table 1 and summary
 
 
-@on_gpu(duration=300)
+@on_gpu(duration=lambda archs, shard, n, *a, **k: dataset_gpu_seconds(archs, n),
+        pairs=lambda archs, *a, **k: arch_list(archs))
 def run_evaluation(archs, shard: Optional[str], n_images, geometry_name: str, threshold, cfg: AppConfig,
                    progress=None) -> DatasetRun:
     """Score the first ``n_images`` records of a listed shard with both models of each pair.

@@ -93,7 +93,7 @@ def create(name: str, kind: str, shard: Optional[str], start, count, files, arch
         raise UserError(str(e)) from None
 
 
-@on_gpu()
+@on_gpu(pairs=lambda name, cfg, progress=None: [review.get_session(name, _db(cfg)).arch])
 def show_next(name: str, cfg: AppConfig, progress=None) -> Optional[review.Shown]:
     """The next unjudged item with both models run (their scores stored, not shown); None when done."""
     try:
