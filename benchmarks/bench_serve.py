@@ -8,7 +8,8 @@ and without a human map, targets label / pred / a class index, both geometries, 
 list one request at a time from one client (the sequential baseline), then with N clients at once (one Client
 per worker thread), all against the same server and its settings. Per N it prints throughput (requests/s) and
 its ratio to the sequential run, p50 / p95 latency, the server's RSS before and after (VmRSS), and how many
-results differ from the sequential run (scores, top-5 and targets of both models; must be 0).
+results differ from the sequential run (scores, top-5 and targets of both models; must be 0). Each figure is the best of ``--rounds`` interleaved rounds: on a shared machine
+other jobs' load drifts, and interleaving makes it hit every level alike.
 
 Clients do not download the returned PNGs and zip (the server still writes them): the clients share the
 machine with the server, and what is measured is the server.
@@ -28,6 +29,7 @@ import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +82,12 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def human_maps(folder: Path) -> list[Path]:
     """Two grey human maps (soft blobs) of different sizes, written once."""
     out = []
@@ -116,8 +124,19 @@ def call(client, r: dict):
     return {v: {"scores": o["scores"], "top5": o["top5"], "target": o["target"]} for v, o in m["models"].items()}
 
 
-def run_level(url: str, requests: list[dict], n: int) -> tuple[float, list[float], list[dict]]:
-    """Wall time, per-request latencies and results of ``requests`` sent by ``n`` clients at once."""
+@dataclass
+class Run:
+    wall: float
+    latencies: list[float]
+    results: list[dict]
+    server_cpu: float  # CPU seconds the server used
+    client_cpu: float  # CPU seconds this process (the clients) used
+    rss_before: float
+    rss_after: float
+
+
+def run_level(url: str, requests: list[dict], n: int, pid: int) -> Run:
+    """``requests`` sent by ``n`` clients at once, each from its own thread with its own Client."""
     from gradio_client import Client
 
     clients = [Client(url, verbose=False, download_files=False) for _ in range(n)]
@@ -133,11 +152,12 @@ def run_level(url: str, requests: list[dict], n: int) -> tuple[float, list[float
         res = call(local.client, r)
         return time.perf_counter() - t0, res
 
-    t0 = time.perf_counter()
+    rss0, s0, c0, t0 = rss_mb(pid), cpu_seconds(pid), time.process_time(), time.perf_counter()
     with ThreadPoolExecutor(n) as pool:
         done = list(pool.map(one, requests))
     wall = time.perf_counter() - t0
-    return wall, [d[0] for d in done], [d[1] for d in done]
+    return Run(wall, [d[0] for d in done], [d[1] for d in done], cpu_seconds(pid) - s0, time.process_time() - c0,
+               rss0, rss_mb(pid))
 
 
 def mismatches(results: list[dict], reference: list[dict]) -> int:
@@ -150,6 +170,7 @@ def main(argv=None) -> None:
     p.add_argument("--levels", default="1,4,8,16", help="concurrent clients, comma-separated (default 1,4,8,16)")
     p.add_argument("--concurrency", type=int, default=2, help="the server's DCLSVIZ_CONCURRENCY (default 2)")
     p.add_argument("--torch-threads", type=int, help="the server's DCLSVIZ_TORCH_THREADS (default: its own)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the best is shown (default 3)")
     args = p.parse_args(argv)
     levels = [int(x) for x in args.levels.split(",") if x.strip()]
     with tempfile.TemporaryDirectory(prefix="bench_serve_") as tmp:
@@ -157,28 +178,31 @@ def main(argv=None) -> None:
         requests = request_list(args.requests, human_maps(home))
         proc, url = start_app(home, args.concurrency, args.torch_threads)
         try:
-            run_level(url, requests[: min(4, len(requests))], 1)  # warm-up: first-use costs off the clock
-            rss0 = rss_mb(proc.pid)
-            seq_wall, seq_lat, reference = run_level(url, requests, 1)
-            print(f"server: DCLSVIZ_CONCURRENCY={args.concurrency}, {os.cpu_count()} CPUs; "
-                  f"{len(requests)} /compare requests per run")
-            print(f"{'N':>3} {'req/s':>7} {'vs seq':>7} {'p50 s':>7} {'p95 s':>7} {'RSS MB before':>14} "
-                  f"{'after':>7} {'mismatch':>8}")
-            row(0, seq_wall, seq_lat, len(requests), seq_wall, rss0, rss_mb(proc.pid), 0)
-            for n in levels:
-                before = rss_mb(proc.pid)
-                wall, lat, res = run_level(url, requests, n)
-                row(n, wall, lat, len(requests), seq_wall, before, rss_mb(proc.pid), mismatches(res, reference))
+            run_level(url, requests[: min(4, len(requests))], 1, proc.pid)  # warm-up: first-use costs off the clock
+            runs: dict[int, list[Run]] = {0: []} | {n: [] for n in levels}
+            for _ in range(args.rounds):  # interleaved, so that load from other jobs hits every level alike
+                for n in runs:
+                    runs[n].append(run_level(url, requests, max(1, n), proc.pid))
         finally:
             proc.terminate()
             proc.wait(timeout=30)
+    reference = runs[0][0].results
+    print(f"server: DCLSVIZ_CONCURRENCY={args.concurrency}, {os.cpu_count()} CPUs; {len(requests)} /compare requests "
+          f"per run; best of {args.rounds} interleaved rounds (mismatches: over all rounds)")
+    print(f"{'N':>3} {'req/s':>7} {'vs seq':>7} {'p50 s':>7} {'p95 s':>7} {'RSS MB before':>14} {'after':>7} "
+          f"{'mismatch':>8} {'server CPU s/req':>16} {'client CPU s/req':>16}")
+    seq = min(runs[0], key=lambda r: r.wall)
+    for n, rs in runs.items():
+        bad = sum(mismatches(r.results, reference) for r in rs)
+        row(n, min(rs, key=lambda r: r.wall), len(requests), seq.wall, bad)
 
 
-def row(n, wall, lat, count, seq_wall, rss_before, rss_after, bad) -> None:
-    q = statistics.quantiles(lat, n=20) if len(lat) > 1 else [lat[0]] * 19
+def row(n: int, r: Run, count: int, seq_wall: float, bad: int) -> None:
+    q = statistics.quantiles(r.latencies, n=20) if len(r.latencies) > 1 else [r.latencies[0]] * 19
     label = "seq" if n == 0 else str(n)
-    print(f"{label:>3} {count / wall:7.2f} {seq_wall / wall:6.2f}x {statistics.median(lat):7.2f} {q[18]:7.2f} "
-          f"{rss_before:14.0f} {rss_after:7.0f} {bad:8d}", flush=True)
+    print(f"{label:>3} {count / r.wall:7.2f} {seq_wall / r.wall:6.2f}x {statistics.median(r.latencies):7.2f} "
+          f"{q[18]:7.2f} {r.rss_before:14.0f} {r.rss_after:7.0f} {bad:8d} {r.server_cpu / count:16.3f} "
+          f"{r.client_cpu / count:16.3f}", flush=True)
 
 
 if __name__ == "__main__":

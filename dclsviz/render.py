@@ -113,6 +113,15 @@ def panel_png(c: Comparison, class_names: Sequence[str], alpha: float = 0.5, cma
     return buf.getvalue()
 
 
+def write_png(picture: np.ndarray, path: Path) -> str:
+    """``picture`` (RGB uint8) as a PNG at ``path``, encoded fast: Gradio's own encoding of an array costs
+    ~20 ms per 224×224 overlay, five per comparison; this one ~3 ms, for a slightly larger file."""
+    from PIL import Image
+
+    Image.fromarray(picture).save(path, "PNG", compress_level=1)
+    return str(path)
+
+
 def export_bundle(c: Comparison, class_names: Sequence[str], alpha: float = 0.5, cmap: str = "jet") -> bytes:
     """A zip: panel.png, every map as .npy (224×224 float32, the comparison frame), manifest.json."""
     buf = io.BytesIO()

@@ -306,8 +306,10 @@ def _api(cfg: AppConfig, exports: Exports) -> None:
         names = class_names(arch)
         ov = overlays(c, 0.5, "jet")
         manifest = {**c.manifest(names), "arch": arch, "notes": notes}
-        return (manifest, ov["human"] if c.human is not None else None,
-                *[ov[f"{v}_{m}"] for v in zoo.VARIANTS for m in MAPS], exports.write(c, names, 0.5, "jet", arch))
+        folder = exports.new_folder()
+        pngs = {k: render.write_png(pic, folder / f"{k}.png") for k, pic in ov.items() if pic is not None}
+        return (manifest, pngs["human"] if c.human is not None else None,
+                *[pngs[f"{v}_{m}"] for v in zoo.VARIANTS for m in MAPS], exports.write(c, names, 0.5, "jet", arch))
 
     a_btn.click(api_compare, [a_arch, a_source, a_shard, a_index, a_image, a_human, a_target, a_threshold,
                               a_geometry], [o_manifest, *o_images, o_bundle], api_name="compare",
