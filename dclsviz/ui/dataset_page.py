@@ -93,7 +93,8 @@ class DatasetRun:
 
 
 @on_gpu(duration=lambda archs, shard, n, *a, **k: dataset_gpu_seconds(archs, n),
-        pairs=lambda archs, *a, **k: arch_list(archs))
+        pairs=lambda archs, shard, n, geometry_name, threshold, cfg, progress=None:  # input checked first
+        _check(arch_list(archs), shard, n, geometry_name, threshold, cfg) and arch_list(archs))
 def run_evaluation(archs, shard: Optional[str], n_images, geometry_name: str, threshold, cfg: AppConfig,
                    progress=None) -> DatasetRun:
     """Score the first ``n_images`` records of a listed shard with both models of each pair.
