@@ -99,6 +99,17 @@ def test_a_user_error_inside_the_gpu_call_comes_back_as_it_was(tmp_path):
     assert str(back.error) == str(service.CheckpointProblem("no file", "resnet50"))
 
 
+def test_what_crosses_into_and_out_of_the_gpu_worker_pickles_without_models(tmp_path):
+    """ZeroGPU pickles a call's arguments into its worker and the result back: no model may ride along."""
+    cfg = _cfg(tmp_path)
+    sample = service.clickme_sample("", 5, cfg)
+    c = service.run_comparison("demo", sample, "label", 0.3, "paper", cfg)
+    sent = pickle.dumps(("demo", sample, "label", 0.3, "paper", cfg))
+    back = pickle.loads(pickle.dumps(c))
+    assert len(sent) < 1_000_000 and len(pickle.dumps(c)) < 5_000_000
+    assert back.outputs["dcls"].scores == c.outputs["dcls"].scores
+
+
 def test_dataset_duration_grows_with_the_work_and_is_capped():
     small, large = service.dataset_gpu_seconds("demo", 8), service.dataset_gpu_seconds("demo,resnet50", 200)
     assert service.DATASET_GPU_BASE_SECONDS < small < large <= service.MAX_GPU_SECONDS
