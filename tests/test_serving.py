@@ -70,3 +70,24 @@ def test_a_full_queue_refuses_at_once_and_cheap_endpoints_still_answer(tight_ser
     tight_server.assert_alive()
     manifest = client.predict("demo", "clickme", "", "1", None, None, "label", 0.3, "paper", api_name="/compare")[0]
     assert manifest["models"]["baseline"]["scores"]["gradcam"]["spearman"] is not None
+
+
+def test_scores_are_the_same_whatever_the_scoring_threads():
+    """With a budget of one thread the scoring pool is bypassed; the numbers must not change."""
+    import numpy as np
+
+    from dclsviz import metrics
+
+    rng = np.random.default_rng(3)
+    maps, humans = rng.random((3, 2, 32, 32)).astype(np.float32), rng.random((3, 32, 32)).astype(np.float32)
+    humans[1] = 0.5  # a constant map: undefined either way
+    try:
+        metrics.set_pool_threads(1)
+        inline = metrics.score_pairs(maps, humans), metrics.score_pairs(maps[:1], humans[:1])
+        assert metrics._pool is None
+        metrics.set_pool_threads(2)
+        pooled = metrics.score_pairs(maps, humans), metrics.score_pairs(maps[:1], humans[:1])
+        assert metrics._pool is not None
+    finally:
+        metrics.set_pool_threads(2)
+    assert inline == pooled
