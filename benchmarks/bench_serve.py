@@ -1,6 +1,7 @@
 """Serving throughput: the real app under N concurrent gradio_client clients vs the same requests one at a time.
 
     python benchmarks/bench_serve.py [--requests 24] [--levels 1,4,8,16] [--concurrency 2] [--torch-threads N]
+                                     [--rounds 3]
 
 Starts ``python app.py`` in a subprocess (free port, offline, demo pair, its own cache and temp folders) and sends
 a fixed list of mixed ``/compare`` requests: demo-shard records by index and the example photos as uploads, with
@@ -8,8 +9,9 @@ and without a human map, targets label / pred / a class index, both geometries, 
 list one request at a time from one client (the sequential baseline), then with N clients at once (one Client
 per worker thread), all against the same server and its settings. Per N it prints throughput (requests/s) and
 its ratio to the sequential run, p50 / p95 latency, the server's RSS before and after (VmRSS), and how many
-results differ from the sequential run (scores, top-5 and targets of both models; must be 0). Each figure is the best of ``--rounds`` interleaved rounds: on a shared machine
-other jobs' load drifts, and interleaving makes it hit every level alike.
+results differ from the sequential run (scores, top-5 and targets of both models; must be 0), and the CPU
+seconds per request of the server (/proc/<pid>/stat) and of the clients. Each figure is the best of ``--rounds``
+interleaved rounds (mismatches: all rounds): other jobs' load drifts, and interleaving hits every level alike.
 
 Clients do not download the returned PNGs and zip (the server still writes them): the clients share the
 machine with the server, and what is measured is the server.
