@@ -174,3 +174,39 @@ def test_thread_budget_shares_the_cores_among_concurrent_requests(monkeypatch):
     monkeypatch.setenv("DCLSVIZ_QUEUE_SIZE", "5")
     cfg = service.AppConfig.from_env()
     assert cfg.thread_budget() == 1 and cfg.queue_size == 5
+
+
+def _in_forked_child(fn, timeout: float = 60.0):
+    """``fn()``'s result in a child forked now, as ZeroGPU forks its worker; None if it hung."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    results = ctx.SimpleQueue()
+    child = ctx.Process(target=lambda: results.put(fn()), daemon=True)
+    child.start()
+    child.join(timeout)
+    if child.is_alive():
+        child.kill()
+        child.join()
+        return None
+    return results.get() if not results.empty() else None
+
+
+def test_a_forked_worker_can_use_the_pair_cache_while_a_request_thread_holds_its_lock():
+    cache = models.PairCache()
+    cache.get(("a",), lambda: ("base", "dcls"))
+    with cache._lock:  # a request thread is inside the cache at the moment of the fork
+        got = _in_forked_child(lambda: (cache.get(("a",), lambda: None), cache.get(("b",), lambda: ("x", "y"))))
+    assert got == (("base", "dcls"), ("x", "y")), "the forked worker hung on a lock held at the fork"
+
+
+def test_a_forked_worker_can_score_with_the_scoring_pool():
+    import numpy as np
+
+    from dclsviz import metrics
+
+    rng = np.random.default_rng(0)
+    maps, humans = rng.random((1, 2, 24, 24)), rng.random((1, 24, 24))
+    here = metrics.score_pairs(maps, humans)  # one image: its rows are sorted on the pool's threads
+    assert metrics._pool is not None
+    assert _in_forked_child(lambda: metrics.score_pairs(maps, humans)) == here
