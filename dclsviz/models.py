@@ -6,8 +6,11 @@ instead of re-reading hundreds of megabytes per request.
 
 from __future__ import annotations
 
+import functools
+import os
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,6 +129,13 @@ class PairCache:
         self._pairs: OrderedDict[tuple, tuple[LoadedModel, LoadedModel]] = OrderedDict()
         self._lock = threading.Lock()
         self._key_locks: dict[tuple, threading.Lock] = {}
+        # ZeroGPU forks its GPU worker from a process with request threads: a lock held by one of them at the
+        # fork would stay held in the worker forever
+        os.register_at_fork(after_in_child=functools.partial(_call_if_alive, weakref.WeakMethod(self._new_locks)))
+
+    def _new_locks(self) -> None:
+        self._lock = threading.Lock()
+        self._key_locks = {}
 
     def get(self, key: tuple, loader: Callable[[], tuple[LoadedModel, LoadedModel]]):
         with self._lock:
@@ -148,6 +158,11 @@ class PairCache:
     def keys(self) -> list[tuple]:
         with self._lock:
             return list(self._pairs)
+
+
+def _call_if_alive(method: weakref.WeakMethod) -> None:
+    if (bound := method()) is not None:
+        bound()
 
 
 _PAIRS = PairCache(capacity=2)
