@@ -178,7 +178,8 @@ def construct_kernel(weight: torch.Tensor, P: torch.Tensor, version: str,
     area = dks[0] * dks[1]
     pair = torch.arange(0, out * in_g * area, area, device=weight.device).view(out, in_g, 1, 1)
     kernel = torch.zeros(out * in_g * area, dtype=weight.dtype, device=weight.device)
-    # taps in order: on CPU each cell sums them in DCLS's own order for small counts (often bit-identical)
+    # index and values in tap order, so each cell sums its taps in DCLS's order where the scatter is serial
+    # (often bit-identical on CPU); any other order stays within float32 rounding of the few terms a cell gets
     kernel.scatter_add_(0, (pair + cell).view(-1), value.view(-1))
     kernel = kernel.view(out, in_g, *dks)
     poison = _poison(weight, P, version)
@@ -209,7 +210,7 @@ def freeze(model: nn.Module) -> int:
         if layer.padding_mode != "zeros":
             raise ValueError(f"{name}: only zero padding can be frozen")
         kernel = dense_kernel(layer)
-        # skip_init: no random init of a weight replaced at once (a second on ResNet50's 7x7 kernels)
+        # skip_init: no random init of a weight that the kernel replaces at once
         conv = nn.utils.skip_init(nn.Conv2d, layer.in_channels, layer.out_channels, tuple(kernel.shape[-2:]),
                                   stride=layer.stride, padding=layer.padding, groups=layer.groups,
                                   bias=layer.bias is not None, device=kernel.device, dtype=kernel.dtype)
