@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 from contextlib import contextmanager
-from typing import Callable
+from typing import Callable, NamedTuple, Optional
 
 import torch
 from torch import nn
@@ -115,16 +115,18 @@ def _v0_corners(P: torch.Tensor, dks: tuple[int, int]):
 
     v0 reads ``P[0]`` as the row offset and ``P[1]`` as the column offset. Each coefficient is the same
     float expression DCLS evaluates for that cell (``1 + r1*r2 - r1 - r2`` rather than ``(1-r1)(1-r2)``),
-    so every tap's contribution is bit-identical; only the order of summing taps may differ.
+    so every tap's contribution is bit-identical; only the order of summing taps may differ. A cell
+    beyond the window gets 0 (a product with 1.0 leaves the others exact).
     """
     row, col = P[0] + dks[0] // 2, P[1] + dks[1] // 2
-    (r0, _), (r_in0, r_in1) = _axis(row, dks[0])
-    (c0, _), (c_in0, c_in1) = _axis(col, dks[1])
-    r1, r2 = row - r0, col - c0
+    rows, r_in = _axis(row, dks[0])
+    cols, c_in = _axis(col, dks[1])
+    (m_r0, m_r1), (m_c0, m_c1) = [m.to(P.dtype) for m in r_in], [m.to(P.dtype) for m in c_in]
+    r1, r2 = row - rows[0], col - cols[0]
     r12 = r1 * r2
-    coefs = (((1 + r12) - r1) - r2, r2 - r12, r1 - r12, r12)
-    inside = (r_in0 & c_in0, r_in0 & c_in1, r_in1 & c_in0, r_in1 & c_in1)
-    return r0 * dks[1] + c0, coefs, inside
+    coefs = ((((1 + r12) - r1) - r2) * (m_r0 * m_c0), (r2 - r12) * (m_r0 * m_c1),
+             (r1 - r12) * (m_r1 * m_c0), r12 * (m_r1 * m_c1))
+    return rows, cols, coefs
 
 
 def _v1_corners(P: torch.Tensor, dks: tuple[int, int]):
@@ -137,60 +139,91 @@ def _v1_corners(P: torch.Tensor, dks: tuple[int, int]):
     col, row = P[0] + dks[0] // 2, P[1] + dks[1] // 2
     rows, r_in = _axis(row, dks[0])
     cols, c_in = _axis(col, dks[1])
-    # DCLS computes (cell - p) as here; beyond floor(p) and floor(p) + 1 the triangle is exactly 0
+    # DCLS computes (cell - p) as here; beyond floor(p) and floor(p) + 1 the triangle is exactly 0, and
+    # an infinite position (inf - inf is NaN here) lies beyond the window, as in DCLS
     wr = [torch.where(i, (1 - (r - row).abs()).relu(), 0.0) for r, i in zip(rows, r_in)]
     wc = [torch.where(i, (1 - (c - col).abs()).relu(), 0.0) for c, i in zip(cols, c_in)]
     tri = (wc[0] * wr[0], wc[1] * wr[0], wc[0] * wr[1], wc[1] * wr[1])
     total = tri[0] + tri[1] + tri[2] + tri[3] + 1e-7
-    inside = (r_in[0] & c_in[0], r_in[0] & c_in[1], r_in[1] & c_in[0], r_in[1] & c_in[1])
-    return rows[0] * dks[1] + cols[0], tuple(t / total for t in tri), inside
+    return rows, cols, tuple(t / total for t in tri)
 
 
-def _poison(weight: torch.Tensor, P: torch.Tensor, version: str) -> torch.Tensor:
-    """0 per (out, in) pair, NaN where DCLS's dense construction makes that pair's whole kernel non-finite.
+def _cell(x: torch.Tensor, size: int, stride: int) -> torch.Tensor:
+    # a cell beyond the window carries a 0 weight: any cell inside does as its target, NaN included
+    return x.clamp(0, size - 1).nan_to_num_(0.0).long().mul_(stride)
 
-    DCLS multiplies every tap by every cell, so one non-finite weight (and, in v0, one non-finite
-    position; in v1 a NaN one, an infinite one just lies beyond the border) spoils the pair's kernel.
+
+class Taps(NamedTuple):
+    """Where a layer's taps land and with which weight-free coefficients: everything that depends on positions.
+
+    Layers sharing one ``P`` (a stage of the study's models) share one ``Taps``.
     """
-    bad_p = (P * 0) if version == "v0" else torch.where(P.isnan(), P, 0.0)
-    return (weight * 0 + bad_p.sum(0)).sum(-1)
+
+    index: torch.Tensor  # (out, in/groups, count, 4): flat offsets of each tap's 4 cells in the kernel
+    coefs: torch.Tensor  # (out, in/groups, count, 4): their coefficients, 0 for a cell beyond the window
+    spoiled: Optional[torch.Tensor]  # (out, in/groups): NaN where a position spoils the pair; None if none does
+    shape: tuple[int, int, int, int]  # (out, in/groups, *dks)
+    channels_last: bool
 
 
 @torch.no_grad()
-def construct_kernel(weight: torch.Tensor, P: torch.Tensor, version: str,
-                     dilated_kernel_size: tuple[int, int]) -> torch.Tensor:
+def taps(P: torch.Tensor, version: str, dilated_kernel_size: tuple[int, int], channels_last: bool = False) -> Taps:
+    """The positions' part of ``construct_kernel``: cells and coefficients of every tap, as DCLS computes them."""
+    if version not in ("v0", "v1"):
+        raise ValueError(f"DCLS version {version!r} cannot be frozen (only v0 and v1)")
+    (d0, d1), (_, out, in_g, count) = tuple(dilated_kernel_size), P.shape
+    rows, cols, coefs = (_v0_corners if version == "v0" else _v1_corners)(P, (d0, d1))
+    # flat offsets of (out, in, row, col) in the (out, in, d0, d1) or (out, d0, d1, in) layout
+    so, si, sr, sc = (d0 * d1 * in_g, 1, d1 * in_g, in_g) if channels_last else (d0 * d1 * in_g, d0 * d1, d1, 1)
+    pair = (torch.arange(out, device=P.device).view(out, 1, 1) * so
+            + torch.arange(in_g, device=P.device).view(1, in_g, 1) * si)
+    row_at = [pair + _cell(r, d0, sr) for r in rows]
+    col_at = [_cell(c, d1, sc) for c in cols]
+    # (r0 c0, r0 c1, r1 c0, r1 c1) as the coefficients, taps in order: a layer's scatter then walks the
+    # kernel once instead of once per corner
+    index = torch.stack([row_at[j // 2] + col_at[j % 2] for j in range(4)], -1)
+    # DCLS's dense product spreads a non-finite position over the pair's whole kernel (v1: NaN only; an
+    # infinite position lies beyond the window there)
+    bad = (P * 0) if version == "v0" else torch.where(P.isnan(), P, 0.0)
+    spoiled = bad.sum((0, -1)) if bool(bad.isnan().any()) else None
+    return Taps(index, torch.stack(coefs, -1), spoiled, (out, in_g, d0, d1), channels_last)
+
+
+@torch.no_grad()
+def kernel_from_taps(weight: torch.Tensor, t: Taps) -> torch.Tensor:
+    """The dense kernel of ``weight`` on the taps ``t``: one product and one scatter."""
+    out, in_g, d0, d1 = t.shape
+    value = weight.unsqueeze(-1) * t.coefs  # the very product W * K that DCLS takes, cell by cell
+    kernel = torch.zeros(out * in_g * d0 * d1, dtype=value.dtype, device=value.device)
+    # each tap's contribution is DCLS's to the bit; a cell sums them in another order than DCLS's dense
+    # sum, which stays within float32 rounding of the few terms a cell gets
+    kernel.scatter_add_(0, t.index.view(-1), value.view(-1))
+    kernel = kernel.view(out, d0, d1, in_g).permute(0, 3, 1, 2) if t.channels_last else kernel.view(t.shape)
+    # DCLS multiplies every tap by every cell: a non-finite weight spoils its pair's whole kernel
+    if t.spoiled is not None or not bool(weight.isfinite().all()):
+        spoiled = (weight * 0).sum(-1) + (t.spoiled if t.spoiled is not None else 0)
+        kernel.add_(spoiled[..., None, None])  # a full pass over the kernel: only when something is spoiled
+    return kernel
+
+
+@torch.no_grad()
+def construct_kernel(weight: torch.Tensor, P: torch.Tensor, version: str, dilated_kernel_size: tuple[int, int],
+                     channels_last: bool = False) -> torch.Tensor:
     """The dense ``(out, in/groups, *dks)`` kernel DCLS builds from ``weight`` and positions ``P``.
 
     Each of a pair's ``count`` taps lands on at most 4 neighbouring cells, so a scatter of 4 weighted
     values per tap gives DCLS's result in O(out*in*count) work and memory, on the tensors' device.
     Positions are not clamped (DCLS's construction does not clamp either); cells beyond the window are
     dropped. Equal to ``ConstructKernel2d`` within float32 rounding of the per-cell sums.
+    ``channels_last`` lays the result out in that memory format, so that no copy converts it later.
     """
-    if version not in ("v0", "v1"):
-        raise ValueError(f"DCLS version {version!r} cannot be frozen (only v0 and v1)")
-    dks = tuple(dilated_kernel_size)
-    out, in_g, _ = weight.shape
-    first, coefs, inside = (_v0_corners if version == "v0" else _v1_corners)(P, dks)
-    inside = torch.stack(inside, -1)
-    offsets = torch.tensor([0, 1, dks[1], dks[1] + 1], dtype=first.dtype, device=first.device)
-    cell = torch.where(inside, first.unsqueeze(-1) + offsets, 0.0).long()
-    value = torch.where(inside, weight.unsqueeze(-1) * torch.stack(coefs, -1), 0.0)
-    area = dks[0] * dks[1]
-    pair = torch.arange(0, out * in_g * area, area, device=weight.device).view(out, in_g, 1, 1)
-    kernel = torch.zeros(out * in_g * area, dtype=weight.dtype, device=weight.device)
-    # index and values in tap order, so each cell sums its taps in DCLS's order where the scatter is serial
-    # (often bit-identical on CPU); any other order stays within float32 rounding of the few terms a cell gets
-    kernel.scatter_add_(0, (pair + cell).view(-1), value.view(-1))
-    kernel = kernel.view(out, in_g, *dks)
-    poison = _poison(weight, P, version)
-    # the add is a full pass over the kernel (50 MB on ResNet50's last stage): only when there is NaN to add
-    return kernel.add_(poison[..., None, None]) if poison.isnan().any() else kernel
+    return kernel_from_taps(weight, taps(P, version, dilated_kernel_size, channels_last))
 
 
 @torch.no_grad()
-def dense_kernel(layer: nn.Module) -> torch.Tensor:
+def dense_kernel(layer: nn.Module, channels_last: bool = False) -> torch.Tensor:
     """The kernel a live ``Dcls2d`` convolves with, computed directly (see ``construct_kernel``)."""
-    return construct_kernel(layer.weight, layer.P, layer.version, layer.dilated_kernel_size)
+    return construct_kernel(layer.weight, layer.P, layer.version, layer.dilated_kernel_size, channels_last)
 
 
 @torch.no_grad()
@@ -200,16 +233,20 @@ def reference_kernel(layer: nn.Module) -> torch.Tensor:
 
 
 @torch.no_grad()
-def freeze(model: nn.Module) -> int:
+def freeze(model: nn.Module, channels_last: bool = False) -> int:
     """Replace each ``Dcls2d`` by an ``nn.Conv2d`` with its precomputed kernel; return how many.
 
     Each kernel is computed on its layer's device: move the model first to freeze on the GPU.
+    ``channels_last`` builds the kernels in that memory format (for a model that runs in it).
     """
     layers = dcls_layers(model)
+    shared: dict[int, Taps] = {}  # by id(P): a stage's layers share their positions, so their taps
     for name, layer in layers:
         if layer.padding_mode != "zeros":
             raise ValueError(f"{name}: only zero padding can be frozen")
-        kernel = dense_kernel(layer)
+        if id(layer.P) not in shared:
+            shared[id(layer.P)] = taps(layer.P, layer.version, layer.dilated_kernel_size, channels_last)
+        kernel = kernel_from_taps(layer.weight, shared[id(layer.P)])
         # skip_init: no random init of a weight that the kernel replaces at once
         conv = nn.utils.skip_init(nn.Conv2d, layer.in_channels, layer.out_channels, tuple(kernel.shape[-2:]),
                                   stride=layer.stride, padding=layer.padding, groups=layer.groups,

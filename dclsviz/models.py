@@ -70,7 +70,7 @@ def prepare(model: nn.Module, device: torch.device, channels_last: bool, freeze:
     # and positions (not the dense kernels) cross to it
     model.to(device)
     if freeze:
-        dcls.freeze(model)
+        dcls.freeze(model, channels_last)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     return model
