@@ -98,6 +98,8 @@ def test_random_positions_on_and_beyond_the_border(shape, version):
     got, ref = dcls.dense_kernel(layer), dcls.reference_kernel(layer)
     _assert_same_kernel(got, ref, f"{shape} {version}")
     assert ref.abs().max() > 0  # the comparison is not between two empty kernels
+    nhwc = dcls.dense_kernel(layer, channels_last=True)  # what a channels-last model freezes into
+    assert nhwc.is_contiguous(memory_format=torch.channels_last) and torch.equal(nhwc, got)
 
 
 @pytest.mark.parametrize("version", ["v0", "v1"])
@@ -146,6 +148,22 @@ def test_freeze_builds_the_kernel_on_the_layer_device_and_keeps_the_conv_exact()
     _assert_same_kernel(conv.weight.detach(), kernel, "frozen weight")
     assert (conv.stride, conv.padding, conv.groups) == ((2, 2), (3, 3), 1)
     assert float((a - b).abs().max()) <= 1e-5 * float(a.abs().max())
+
+
+def test_layers_sharing_positions_freeze_each_with_its_own_weights():
+    """A stage's layers share one P and so one set of taps; each kernel still comes from its own weights."""
+    torch.manual_seed(2)
+    net = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 4, 3, padding=1))
+    dcls.apply_recipe(net, zoo.DclsRecipe(zoo.CONV_3X3, 5, 3, "v1"))
+    net.to(TEST_DEVICE)
+    assert net[0].P is net[1].P and net[2].P is not net[1].P
+    with torch.no_grad():
+        net[1].P.uniform_(-3, 3)
+    refs = [dcls.reference_kernel(m) for m in net]
+    assert dcls.freeze(net) == 3
+    for i, (m, ref) in enumerate(zip(net, refs)):
+        _assert_same_kernel(m.weight.detach(), ref, f"layer {i}")
+    assert not torch.equal(net[0].weight, net[1].weight)
 
 
 @pytest.mark.parametrize("id_", ["convnext_tiny.dcls", "caformer_s18.dcls", "demo.dcls"])
