@@ -3,7 +3,9 @@
 A live ``Dcls2d`` rebuilds its dense kernel from weights and positions on every forward: slow, and
 gigabytes of temporaries on ResNet50. After the weights are loaded nothing changes any more, so
 ``freeze`` computes each kernel once and puts an ordinary ``nn.Conv2d`` holding it in place; the
-convolution itself is the same ``F.conv2d`` call, so outputs are identical.
+convolution itself is the same ``F.conv2d`` call. The kernel is not built DCLS's way (a product over
+every cell and every tap) but by scattering each tap onto its 4 cells: the same values within float32
+rounding, in milliseconds instead of seconds per layer.
 """
 
 from __future__ import annotations
