@@ -106,7 +106,7 @@ def dcls_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 def _axis(pos: torch.Tensor, size: int):
     """The two cells a coordinate can touch (``floor(p)`` and ``floor(p) + 1``) and whether each is in the window.
 
-    NaN compares False, so a NaN position is never inside (``_poison`` accounts for it).
+    NaN compares False, so a NaN position is never inside (``taps`` marks its pair as spoiled).
     """
     low = pos.floor()
     return (low, low + 1), ((low >= 0) & (low < size), (low >= -1) & (low < size - 1))
@@ -242,13 +242,14 @@ def freeze(model: nn.Module, channels_last: bool = False) -> int:
     ``channels_last`` builds the kernels in that memory format (for a model that runs in it).
     """
     layers = dcls_layers(model)
-    shared: dict[int, Taps] = {}  # by id(P): a stage's layers share their positions, so their taps
+    shared: dict[tuple, Taps] = {}  # a stage's layers share one P, so their taps: computed once per stage
     for name, layer in layers:
         if layer.padding_mode != "zeros":
             raise ValueError(f"{name}: only zero padding can be frozen")
-        if id(layer.P) not in shared:
-            shared[id(layer.P)] = taps(layer.P, layer.version, layer.dilated_kernel_size, channels_last)
-        kernel = kernel_from_taps(layer.weight, shared[id(layer.P)])
+        key = (id(layer.P), layer.version, tuple(layer.dilated_kernel_size))
+        if key not in shared:
+            shared[key] = taps(layer.P, layer.version, layer.dilated_kernel_size, channels_last)
+        kernel = kernel_from_taps(layer.weight, shared[key])
         # skip_init: no random init of a weight that the kernel replaces at once
         conv = nn.utils.skip_init(nn.Conv2d, layer.in_channels, layer.out_channels, tuple(kernel.shape[-2:]),
                                   stride=layer.stride, padding=layer.padding, groups=layer.groups,
