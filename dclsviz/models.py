@@ -48,27 +48,32 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def build(entry: ModelEntry) -> nn.Module:
-    """The architecture of ``entry`` with random weights (DCLS layers live, not frozen)."""
+def build(entry: ModelEntry, init: bool = True) -> nn.Module:
+    """The architecture of ``entry`` with random weights (DCLS layers live, not frozen).
+
+    ``init=False`` leaves the DCLS layers' parameters uninitialised, for a strict load right after.
+    """
     import timm
 
     model = timm.create_model(entry.timm_name, pretrained=False, num_classes=entry.num_classes,
                               **entry.timm_kwargs)
     if entry.dcls is not None:
-        dcls.apply_recipe(model, entry.dcls)
+        dcls.apply_recipe(model, entry.dcls, init=init)
     return model.eval()
 
 
 def prepare(model: nn.Module, device: torch.device, channels_last: bool, freeze: bool = True) -> nn.Module:
     """Inference form: DCLS kernels precomputed, no parameter needs a gradient, on ``device``."""
-    if freeze:
-        dcls.freeze(model)
     model.requires_grad_(False).eval()
     if device.type == "cuda":
         # TF32 keeps ~10 mantissa bits: CAM maps would drift ~1e-2 from the study's float32 numbers
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
+    # before freezing, so the kernels are built on the target device and only the compact weights
+    # and positions (not the dense kernels) cross to it
     model.to(device)
+    if freeze:
+        dcls.freeze(model, channels_last)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     return model
@@ -108,7 +113,7 @@ def load(entry: ModelEntry, checkpoint: Optional[Path] = None, *, state_dict: Op
         state_dict = checkpoints.unwrap(checkpoints.read_file(resolved.path), entry)
     source = resolved.path.name if resolved is not None else "the given state dict"
     check_finite(state_dict.items(), f"{entry.id}: the checkpoint {source}")
-    model = build(entry)
+    model = build(entry, init=False)  # load_into is strict: every parameter is overwritten
     checkpoints.load_into(model, state_dict, entry)
     if channels_last is None:
         channels_last = entry.channels_last
