@@ -173,7 +173,7 @@ def taps(P: torch.Tensor, version: str, dilated_kernel_size: tuple[int, int], ch
     """The positions' part of ``construct_kernel``: cells and coefficients of every tap, as DCLS computes them."""
     if version not in ("v0", "v1"):
         raise ValueError(f"DCLS version {version!r} cannot be frozen (only v0 and v1)")
-    (d0, d1), (_, out, in_g, count) = tuple(dilated_kernel_size), P.shape
+    (d0, d1), (_, out, in_g, _) = tuple(dilated_kernel_size), P.shape
     rows, cols, coefs = (_v0_corners if version == "v0" else _v1_corners)(P, (d0, d1))
     # flat offsets of (out, in, row, col) in the (out, in, d0, d1) or (out, d0, d1, in) layout
     so, si, sr, sc = (d0 * d1 * in_g, 1, d1 * in_g, in_g) if channels_last else (d0 * d1 * in_g, d0 * d1, d1, 1)
