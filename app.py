@@ -30,6 +30,7 @@ def parse_args(argv=None, env: Optional[Mapping[str, str]] = None) -> argparse.N
 def main(argv=None) -> None:
     args = parse_args(argv)
     from dclsviz import ui
+    from dclsviz.ui import service
 
     cfg = ui.AppConfig.from_env()
     if args.checkpoint_dir:
@@ -38,6 +39,7 @@ def main(argv=None) -> None:
         cfg.download = False
     if args.default_arch:
         cfg.default_arch = args.default_arch
+    service.apply_thread_budget(cfg)  # torch's threads are process-wide: set once, before any request
     ui.launch(ui.build_ui(cfg), args.host, args.port)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Optional
@@ -179,9 +180,12 @@ def read_file(path: Path) -> object:
         except Exception as e:
             if path.suffix == ".safetensors":
                 raise CheckpointMismatch(f"{path.name}: not a readable safetensors file ({e})") from e
+    # zip-format files are memory-mapped: tensors are paged in as they are copied into the model
+    # instead of read whole first; the legacy format cannot be mapped
+    mmap = zipfile.is_zipfile(path)
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:
         raise CheckpointMismatch(
             f"{path.name}: cannot be read as a checkpoint without running pickled code "

@@ -12,6 +12,7 @@ score as `np.mean` does in the reference.
 from __future__ import annotations
 
 import math
+import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable, Optional, Sequence
@@ -143,16 +144,36 @@ def _sort_summary(rows: np.ndarray, top: Optional[float]):
 
 
 _pool: Optional[ThreadPoolExecutor] = None
+_pool_threads = 2
+
+
+def set_pool_threads(n: int) -> None:
+    """Threads that score one batch (1: in the caller's thread). The app sets its per-request thread budget,
+    so that requests scoring at once never run more threads than there are cores."""
+    global _pool, _pool_threads
+    _pool_threads, _pool = max(1, min(2, int(n))), None
+
+
+def _forget_pool() -> None:
+    global _pool
+    _pool = None  # a forked child (ZeroGPU's worker) has none of the parent's pool threads
+
+
+os.register_at_fork(after_in_child=_forget_pool)
 
 
 def _in_halves(fn, arrays: tuple, *args) -> tuple:
     """``fn(*arrays, *args)`` on the first and second halves of the arrays on two threads, the tuples it
     returns joined. NumPy's sorts release the GIL."""
     global _pool
-    if _pool is None:
-        _pool = ThreadPoolExecutor(2, thread_name_prefix="dclsviz-rank")
     half = len(arrays[0]) // 2
-    parts = list(_pool.map(lambda s: fn(*(a[s] for a in arrays), *args), (slice(0, half), slice(half, None))))
+    halves = (slice(0, half), slice(half, None))
+    if _pool_threads == 1:
+        parts = [fn(*(a[s] for a in arrays), *args) for s in halves]
+    else:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(_pool_threads, thread_name_prefix="dclsviz-rank")
+        parts = list(_pool.map(lambda s: fn(*(a[s] for a in arrays), *args), halves))
     return tuple(None if parts[0][i] is None else np.concatenate([q[i] for q in parts])
                  for i in range(len(parts[0])))
 

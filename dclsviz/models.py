@@ -6,8 +6,11 @@ instead of re-reading hundreds of megabytes per request.
 
 from __future__ import annotations
 
+import functools
+import os
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,27 +48,32 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def build(entry: ModelEntry) -> nn.Module:
-    """The architecture of ``entry`` with random weights (DCLS layers live, not frozen)."""
+def build(entry: ModelEntry, init: bool = True) -> nn.Module:
+    """The architecture of ``entry`` with random weights (DCLS layers live, not frozen).
+
+    ``init=False`` leaves the DCLS layers' parameters uninitialised, for a strict load right after.
+    """
     import timm
 
     model = timm.create_model(entry.timm_name, pretrained=False, num_classes=entry.num_classes,
                               **entry.timm_kwargs)
     if entry.dcls is not None:
-        dcls.apply_recipe(model, entry.dcls)
+        dcls.apply_recipe(model, entry.dcls, init=init)
     return model.eval()
 
 
 def prepare(model: nn.Module, device: torch.device, channels_last: bool, freeze: bool = True) -> nn.Module:
     """Inference form: DCLS kernels precomputed, no parameter needs a gradient, on ``device``."""
-    if freeze:
-        dcls.freeze(model)
     model.requires_grad_(False).eval()
     if device.type == "cuda":
         # TF32 keeps ~10 mantissa bits: CAM maps would drift ~1e-2 from the study's float32 numbers
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
+    # before freezing, so the kernels are built on the target device and only the compact weights
+    # and positions (not the dense kernels) cross to it
     model.to(device)
+    if freeze:
+        dcls.freeze(model, channels_last)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     return model
@@ -105,7 +113,7 @@ def load(entry: ModelEntry, checkpoint: Optional[Path] = None, *, state_dict: Op
         state_dict = checkpoints.unwrap(checkpoints.read_file(resolved.path), entry)
     source = resolved.path.name if resolved is not None else "the given state dict"
     check_finite(state_dict.items(), f"{entry.id}: the checkpoint {source}")
-    model = build(entry)
+    model = build(entry, init=False)  # load_into is strict: every parameter is overwritten
     checkpoints.load_into(model, state_dict, entry)
     if channels_last is None:
         channels_last = entry.channels_last
@@ -126,6 +134,13 @@ class PairCache:
         self._pairs: OrderedDict[tuple, tuple[LoadedModel, LoadedModel]] = OrderedDict()
         self._lock = threading.Lock()
         self._key_locks: dict[tuple, threading.Lock] = {}
+        # ZeroGPU forks its GPU worker from a process with request threads: a lock held by one of them at the
+        # fork would stay held in the worker forever
+        os.register_at_fork(after_in_child=functools.partial(_call_if_alive, weakref.WeakMethod(self._new_locks)))
+
+    def _new_locks(self) -> None:
+        self._lock = threading.Lock()
+        self._key_locks = {}
 
     def get(self, key: tuple, loader: Callable[[], tuple[LoadedModel, LoadedModel]]):
         with self._lock:
@@ -148,6 +163,11 @@ class PairCache:
     def keys(self) -> list[tuple]:
         with self._lock:
             return list(self._pairs)
+
+
+def _call_if_alive(method: weakref.WeakMethod) -> None:
+    if (bound := method()) is not None:
+        bound()
 
 
 _PAIRS = PairCache(capacity=2)

@@ -26,8 +26,8 @@ from ..compare import MAP_TITLES, MAPS, versions
 from . import storage
 from .present import Exports
 from .service import (AppConfig, CheckpointProblem, UserError, VARIANT_TITLES, arch_choices, check_settings,
-                      class_names, default_arch, load_pair, on_gpu, open_shard, resolve_shard, shard_choices,
-                      shard_label_space_matches)
+                      class_names, dataset_gpu_seconds, default_arch, load_pair, on_gpu, open_shard, resolve_shard,
+                      shard_choices, shard_label_space_matches)
 
 MAX_IMAGES = 200
 DEFAULT_IMAGES = 64
@@ -109,7 +109,9 @@ def _score_pair(arch: str, pair, path: Path, shards, items, geometry_name: str, 
     return out, rows, shas
 
 
-@on_gpu(duration=300)
+@on_gpu(duration=lambda archs, shard, n, *a, **k: dataset_gpu_seconds(archs, n),
+        pairs=lambda archs, shard, n, geometry_name, threshold, cfg, progress=None:  # input checked first
+        _check(arch_list(archs), shard, n, geometry_name, threshold, cfg) and arch_list(archs))
 def run_evaluation(archs, shard: Optional[str], n_images, geometry_name: str, threshold, cfg: AppConfig,
                    progress=None) -> DatasetRun:
     """Score the first ``n_images`` records of a listed shard with both models of each pair.

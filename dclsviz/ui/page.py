@@ -72,7 +72,9 @@ def build_ui(cfg: Optional[AppConfig] = None) -> gr.Blocks:
             with gr.Tab("Dataset", id="dataset"):
                 dataset_page.build(cfg)
         _api(cfg, exports)
-    demo.queue(default_concurrency_limit=cfg.concurrency)
+    # every computing event shares concurrency_id="compute", so at most cfg.concurrency compute at once whatever
+    # the tab; past queue_size waiting requests a new one is refused at once rather than left to time out
+    demo.queue(default_concurrency_limit=cfg.concurrency, max_size=cfg.queue_size)
     return demo
 
 
@@ -308,12 +310,14 @@ def _api(cfg: AppConfig, exports: Exports) -> None:
         names = class_names(arch)
         ov = overlays(c, 0.5, "jet")
         manifest = {**public_view(c).manifest(names), "arch": arch, "notes": notes}
-        return (manifest, ov["human"] if c.human is not None else None,
-                *[ov[f"{v}_{m}"] for v in zoo.VARIANTS for m in MAPS], exports.write(c, names, 0.5, "jet", arch))
+        folder = exports.new_folder()
+        pngs = {k: render.write_png(pic, folder / f"{k}.png") for k, pic in ov.items() if pic is not None}
+        return (manifest, pngs["human"] if c.human is not None else None,
+                *[pngs[f"{v}_{m}"] for v in zoo.VARIANTS for m in MAPS], exports.write(c, names, 0.5, "jet", arch))
 
     a_btn.click(api_compare, [a_arch, a_source, a_shard, a_index, a_image, a_human, a_target, a_threshold,
                               a_geometry], [o_manifest, *o_images, o_bundle], api_name="compare",
-                concurrency_id="compute")
+                concurrency_limit=cfg.concurrency, concurrency_id="compute")
 
     def api_models() -> dict:
         """The architectures, where their checkpoints are, and the compute device."""
@@ -333,9 +337,10 @@ def _api(cfg: AppConfig, exports: Exports) -> None:
         return [{"name": Path(p).name, "label": lab, "records": len(open_shard(Path(p)))}
                 for lab, p in shard_choices(cfg)]
 
-    gr.api(api_models, api_name="models")
-    gr.api(api_classes, api_name="classes")
-    gr.api(api_shards, api_name="shards")
+    # answered at once, never behind the computing requests in the queue
+    gr.api(api_models, api_name="models", queue=False)
+    gr.api(api_classes, api_name="classes", queue=False)
+    gr.api(api_shards, api_name="shards", queue=False)
 
 
 def launch(demo: gr.Blocks, host: str, port: int, **kwargs):

@@ -129,7 +129,7 @@ def join(code, name: str, cfg: AppConfig, profile: Optional[gr.OAuthProfile] = N
 # --- judging and revealing -----------------------------------------------------------------------------------
 
 
-@on_gpu()
+@on_gpu(pairs=lambda acc, cfg, progress=None: [review.get_session(acc.session, _db(cfg)).arch])
 def show_next(acc: review.Access, cfg: AppConfig, progress=None) -> Optional[review.Shown]:
     """The reviewer's next unjudged item with both models run (scores stored, not shown); None when done."""
     info = review.get_session(acc.session, _db(cfg))

@@ -6,6 +6,7 @@ Errors a user can fix are ``UserError`` with a message to show as it is.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -51,7 +52,11 @@ class AppConfig:
     checkpoint_dir: Optional[Path] = None
     download: bool = True
     default_arch: Optional[str] = None
+    # requests computing at once (the "compute" queue group) and requests allowed to wait behind them
     concurrency: int = 2
+    queue_size: int = 32
+    # intra-op threads of torch (process-wide); None: the cores shared evenly by `concurrency` requests
+    torch_threads: Optional[int] = None
     device: Optional[str] = None
     clickme_dir: Optional[Path] = None
     # made fresh (mkdtemp, 0700) for each app: a fixed shared path could be planted by another user
@@ -71,10 +76,41 @@ class AppConfig:
             download=env.get("DCLSVIZ_OFFLINE", "").lower() not in ("1", "true", "yes"),
             default_arch=env.get("DCLSVIZ_DEFAULT_ARCH") or None,
             concurrency=max(1, int(env.get("DCLSVIZ_CONCURRENCY", "2"))),
+            queue_size=max(1, int(env.get("DCLSVIZ_QUEUE_SIZE", "32"))),
+            torch_threads=max(1, int(env["DCLSVIZ_TORCH_THREADS"])) if env.get("DCLSVIZ_TORCH_THREADS") else None,
             device=env.get("DCLSVIZ_DEVICE") or None,
             cache_max_age_s=_seconds(env, "DCLSVIZ_CACHE_MAX_AGE_S", limits.GRADIO_CACHE_MAX_AGE_S),
             cache_prune_every_s=_seconds(env, "DCLSVIZ_CACHE_PRUNE_EVERY_S", limits.GRADIO_CACHE_PRUNE_EVERY_S),
         )
+
+    def thread_budget(self) -> int:
+        """Intra-op threads per request: ``torch_threads``, else the cores split evenly among ``concurrency``
+        requests, so that requests in flight together never ask for more threads than there are cores."""
+        if self.torch_threads:
+            return self.torch_threads
+        return max(1, _cores() // self.concurrency)
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # what this process may use (containers, taskset)
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def apply_thread_budget(cfg: AppConfig) -> int:
+    """Set torch's intra-op threads and the scoring pool once, at startup, from ``cfg``; returns the budget.
+
+    torch's thread count is process-wide, so it cannot differ per request: every request gets the same share.
+    """
+    import torch
+
+    from .. import metrics
+
+    n = cfg.thread_budget()
+    torch.set_num_threads(n)
+    metrics.set_pool_threads(n)
+    return n
 
 
 def _seconds(env, name: str, most: int) -> int:
@@ -123,9 +159,9 @@ def default_arch(cfg: AppConfig) -> str:
 def device_text(cfg: AppConfig) -> str:
     import torch
 
-    if os.environ.get("SPACES_ZERO_GPU") and _spaces_gpu() is not None:
+    if zero_gpu():
         # asked before torch.cuda is touched: ZeroGPU forbids initialising CUDA in the main process
-        return "ZeroGPU (a CUDA GPU is attached for each comparison)"
+        return "ZeroGPU (a CUDA GPU is attached for each comparison; models load on the CPU once)"
     dev = torch.device(cfg.device) if cfg.device else models.default_device()
     if dev.type == "cuda":
         return f"CUDA ({torch.cuda.get_device_name(dev)})"
@@ -312,6 +348,16 @@ def editor_value(image_file):
 # --- computing ----------------------------------------------------------------------------------------
 
 
+# What a call may hold a ZeroGPU GPU for, in seconds (its quota unit; shorter calls are scheduled sooner).
+# One comparison computes in well under a second on a GPU: the rest is the worker's start and the copy of the
+# pair's weights to the GPU (up to ~350 MB for convnext_base).
+COMPARE_GPU_SECONDS = 30
+# A Dataset run: the same start, then one CAM pass and scoring per (pair, image), batched.
+DATASET_GPU_BASE_SECONDS = 30
+DATASET_GPU_SECONDS_PER_IMAGE = 0.25
+MAX_GPU_SECONDS = 300
+
+
 def _spaces_gpu():
     try:
         import spaces
@@ -320,14 +366,121 @@ def _spaces_gpu():
     return spaces.GPU
 
 
-def on_gpu(duration: int = 120):
-    """ZeroGPU attaches a GPU only inside functions wrapped by ``spaces.GPU``; elsewhere a no-op.
+def zero_gpu() -> bool:
+    """Whether this process runs on ZeroGPU (the ``spaces`` package reads the same variable)."""
+    return (os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true")) and _spaces_gpu() is not None
 
-    ``duration``: the longest the call may hold the GPU, in seconds (ZeroGPU's quota unit).
+
+def dataset_gpu_seconds(archs, n_images) -> int:
+    """The GPU time a Dataset run of ``n_images`` records over the pairs ``archs`` ("a,b" or a list) asks for.
+
+    Called before the input is checked, so anything unreadable asks for the most (the run then fails fast)."""
+    names = archs.split(",") if isinstance(archs, str) else list(archs or [])
+    try:
+        n = int(n_images)
+    except (TypeError, ValueError):
+        return MAX_GPU_SECONDS
+    seconds = DATASET_GPU_BASE_SECONDS + DATASET_GPU_SECONDS_PER_IMAGE * max(1, len(names)) * max(1, n)
+    return int(min(MAX_GPU_SECONDS, seconds))
+
+
+class _Failed:
+    """A ``UserError`` raised inside the GPU call, returned as a value: ZeroGPU's worker re-raises only
+    ``gr.Error`` and shows anything else as a bare "ZeroGPU worker error"."""
+
+    def __init__(self, error: UserError):
+        self.error = error
+
+    def __reduce__(self):  # crossing to the main process: the message and, for a missing checkpoint, the arch
+        return _failed, (str(self.error), getattr(self.error, "arch", None))
+
+
+def _failed(message: str, arch: Optional[str]) -> _Failed:
+    if arch is None:
+        return _Failed(UserError(message))
+    error = CheckpointProblem.__new__(CheckpointProblem)
+    UserError.__init__(error, message)
+    error.arch = arch
+    return _Failed(error)
+
+
+def _carrying_user_errors(fn):
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as e:
+            return _Failed(e)
+
+    return run
+
+
+def _config_and_progress(args: tuple, kwargs: dict) -> tuple[Optional[AppConfig], Optional[Progress]]:
+    """The call's ``AppConfig`` and the progress callback that follows it (the call sites' convention)."""
+    for i, a in enumerate(args):
+        if isinstance(a, AppConfig):
+            return a, kwargs.get("progress", args[i + 1] if i + 1 < len(args) else None)
+    return kwargs.get("cfg"), kwargs.get("progress")
+
+
+def _offline(args: tuple, kwargs: dict, cfg: Optional[AppConfig]) -> tuple[tuple, dict]:
+    if cfg is None:
+        return args, kwargs
+    gpu_cfg = dataclasses.replace(cfg, download=False)
+    return (tuple(gpu_cfg if a is cfg else a for a in args),
+            {k: gpu_cfg if v is cfg else v for k, v in kwargs.items()})
+
+
+def _preload(archs: list[str], cfg: AppConfig, progress: Optional[Progress]) -> None:
+    for arch in archs:
+        try:
+            load_pair(arch, cfg, progress)
+        except CheckpointProblem:
+            if len(archs) == 1:
+                raise
+            # a call over several pairs says itself what a missing one means (its load fails fast: offline)
+
+
+def on_gpu(duration=COMPARE_GPU_SECONDS, pairs: Optional[Callable[..., list[str]]] = None):
+    """Run the decorated function inside ``spaces.GPU`` with the model pairs it uses already loaded here.
+
+    ZeroGPU attaches a GPU only inside ``spaces.GPU`` functions, which it runs in a forked worker process;
+    elsewhere the package returns the function unchanged. ``duration``: the seconds the call may hold the GPU,
+    or a function of the call's arguments returning them (``spaces.GPU`` evaluates it per call).
+    ``pairs``: a function of the call's arguments naming the archs whose pairs the call uses. They are
+    downloaded, hashed, built and frozen in this process, on the CPU, before the GPU is asked for, and kept
+    in the LRU; inside the call downloads are off and ``load_pair`` finds them there. The decorated function
+    takes the ``AppConfig`` among its arguments, followed by the progress callback, if any.
+
+    Why the pair is looked up inside rather than passed in: ZeroGPU pickles a call's arguments into the
+    worker, which would copy whole models per call. The worker is forked from this process, so it inherits
+    the LRU, and tensors placed on ``cuda`` here (the default device under ZeroGPU, whose patching keeps
+    them on the CPU here) are the ones ZeroGPU copies to the GPU when a worker starts.
     """
     def wrap(fn):
         gpu = _spaces_gpu()
-        return gpu(duration=duration)(fn) if gpu is not None else fn
+        guarded = _carrying_user_errors(fn)
+        on_device = gpu(duration=duration)(guarded) if gpu is not None else guarded
+
+        @functools.wraps(fn)
+        def call(*args, **kwargs):
+            cfg, progress = _config_and_progress(args, kwargs)
+            if pairs is not None:
+                if cfg is None:
+                    raise TypeError(f"{fn.__name__} loads pairs: it needs an AppConfig argument")
+                try:
+                    archs = list(pairs(*args, **kwargs))
+                except (LookupError, ValueError):
+                    archs = []  # arguments naming no pair: the function says what is wrong with them
+                _preload(archs, cfg, progress)
+            args, kwargs = _offline(args, kwargs, cfg)
+            out = on_device(*args, **kwargs)
+            if isinstance(out, _Failed):
+                raise out.error
+            return out
+
+        call.gpu_function, call.gpu_duration = on_device, duration
+        return call
 
     return wrap
 
@@ -379,11 +532,17 @@ def check_settings(threshold, geometry_name: str) -> float:
         raise UserError(f"threshold must lie in [0, 1] (a finite number), not {str(threshold)[:40]!r}") from None
 
 
-@on_gpu()
 def run_comparison(arch: str, sample: Sample, target, threshold: float, geometry_name: str, cfg: AppConfig,
                    progress: Optional[Progress] = None) -> Comparison:
+    """Both models of ``arch`` on ``sample``: settings checked and the pair loaded here, the CAMs on the GPU."""
     threshold = check_settings(threshold, geometry_name)
-    pair = load_pair(arch, cfg, progress)
+    return _compare_on_gpu(arch, sample, target, threshold, geometry_name, cfg, progress)
+
+
+@on_gpu(COMPARE_GPU_SECONDS, pairs=lambda arch, *args, **kwargs: [arch])
+def _compare_on_gpu(arch: str, sample: Sample, target, threshold: float, geometry_name: str, cfg: AppConfig,
+                    progress: Optional[Progress] = None) -> Comparison:
+    pair = load_pair(arch, cfg)  # loaded before the GPU was asked for: the LRU's
     if progress is not None:
         progress(0.8, desc="Grad-CAM and Threshold-Grad-CAM of both models")
     return compare(pair, sample, target, threshold, geometry_name)

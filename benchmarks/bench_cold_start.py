@@ -1,0 +1,177 @@
+"""Cold start of every study model through the real loading path, stage by stage, and DCLS kernel construction.
+
+    python benchmarks/bench_cold_start.py [--repeats 3] [--arch resnet50,...] [--threads N] [--no-kernels]
+
+For each architecture the conformance kit's seed-0 stand-ins of both checkpoints (the published
+containers, full size) are written to a temporary folder, then ``models.load(entry, checkpoint=path,
+device="cpu")`` runs with the baseline and DCLS loads interleaved; each stage is the best of the repeats:
+  read    checkpoints.read_file + unwrap
+  build   models.build (timm's model, DCLS layers swapped in)
+  load    checkpoints.load_into (key mapping, strict load)
+  freeze  models.prepare (DCLS kernels precomputed, channels-last)
+  total   models.load's own clock (also resolving the path and hashing the file)
+Then, per DCLS layer type, DCLS's own ConstructKernel2d against dcls.construct_kernel (one run each).
+Targets: each DCLS model loads in <= 1.5x its baseline's time; resnet50.dcls in under 2 s on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from dclsviz import checkpoints, dcls, models, zoo  # noqa: E402
+
+STAGES = {"read": [(checkpoints, "read_file"), (checkpoints, "unwrap")], "build": [(models, "build")],
+          "load": [(checkpoints, "load_into")], "freeze": [(models, "prepare")]}
+
+
+def kit_folder() -> Path:
+    env = os.environ.get("DCLSVIZ_CONFORMANCE")
+    return Path(env) if env else Path(__file__).resolve().parent.parent.parent / "shared" / "conformance"
+
+
+def fake_module(kit: Path):
+    spec = importlib.util.spec_from_file_location("fake_checkpoint", kit / "fake_checkpoint.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["fake_checkpoint"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@contextmanager
+def stage_clock(times: dict):
+    """Wrap the functions ``models.load`` calls so that their time adds to their stage; restore them after."""
+    saved = []
+    for stage, targets in STAGES.items():
+        for module, name in targets:
+            fn = getattr(module, name)
+            saved.append((module, name, fn))
+
+            def timed(*args, _fn=fn, _stage=stage, **kwargs):
+                t = time.perf_counter()
+                try:
+                    return _fn(*args, **kwargs)
+                finally:
+                    times[_stage] += time.perf_counter() - t
+
+            setattr(module, name, timed)
+    try:
+        yield
+    finally:
+        for module, name, fn in saved:
+            setattr(module, name, fn)
+
+
+def load_once(entry, path: Path) -> dict:
+    times = defaultdict(float)
+    with stage_clock(times):
+        loaded = models.load(entry, checkpoint=path, device="cpu")
+    times["total"] = loaded.load_seconds
+    return dict(times)
+
+
+def bench_arch(arch: str, kit: Path, fake, repeats: int, folder: Path) -> dict:
+    """Best-of-``repeats`` stage times of both variants of ``arch``, loads interleaved."""
+    paths = {}
+    for v in zoo.VARIANTS:
+        man = fake.load_manifest(str(kit / "manifests" / f"{arch}.{v}.json"))
+        paths[v] = folder / man["file_name"]
+        fake.write_checkpoint(man, str(paths[v]), seed=0)
+    runs = {v: [] for v in zoo.VARIANTS}
+    for i in range(repeats + 1):  # the first round warms imports and allocators and is not counted
+        for v in zoo.VARIANTS if i % 2 else reversed(zoo.VARIANTS):
+            t = load_once(zoo.get(arch, v), paths[v])
+            if i:
+                runs[v].append(t)
+    for p in paths.values():
+        p.unlink()
+    return {v: {k: min(r[k] for r in rs) for k in rs[0]} for v, rs in runs.items()}
+
+
+def kernel_speedups(arch: str) -> list[tuple[str, float, float, float]]:
+    """(layer type, DCLS's seconds, ours, max relative difference) per distinct DCLS layer of ``arch``."""
+    torch.manual_seed(0)
+    model = models.build(zoo.get(arch, "dcls"))
+    seen, rows = set(), []
+    for _, layer in dcls.dcls_layers(model):
+        kind = (f"{layer.in_channels}->{layer.out_channels} g{layer.groups} c{layer.kernel_count} "
+                f"k{layer.dilated_kernel_size[0]} {layer.version}")
+        if kind in seen:
+            continue
+        seen.add(kind)
+        t = time.perf_counter()
+        ref = dcls.reference_kernel(layer)
+        old = time.perf_counter() - t
+        new = min(_timed(lambda: dcls.dense_kernel(layer)) for _ in range(3))
+        err = float((dcls.dense_kernel(layer) - ref).abs().max() / ref.abs().max())
+        rows.append((kind, old, new, err))
+        del ref
+    return rows
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def report(results: dict) -> bool:
+    cols = ("read", "build", "load", "freeze", "total")
+    print(f"\n{'model':22}" + "".join(f"{c:>9}" for c in cols) + "   (seconds, best of the repeats)")
+    ok = True
+    for arch, r in results.items():
+        for v in zoo.VARIANTS:
+            print(f"{arch + '.' + v:22}" + "".join(f"{r[v][c]:9.3f}" for c in cols))
+    print(f"\n{'arch':16}{'DCLS/baseline':>14}  target <= 1.5")
+    for arch, r in results.items():
+        ratio = r["dcls"]["total"] / r["baseline"]["total"]
+        ok &= ratio <= 1.5
+        print(f"{arch:16}{ratio:14.2f}  {'ok' if ratio <= 1.5 else 'MISSED'}")
+    if "resnet50" in results:
+        t = results["resnet50"]["dcls"]["total"]
+        ok &= t < 2.0
+        print(f"resnet50.dcls total {t:.2f} s (target < 2 s): {'ok' if t < 2.0 else 'MISSED'}")
+    return ok
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--arch", default=",".join(zoo.PAPER_ARCHS), help="comma-separated architectures")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--no-kernels", action="store_true", help="skip the kernel construction comparison")
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    kit = kit_folder()
+    fake = fake_module(kit)
+    archs = a.arch.split(",")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for arch in archs:
+            results[arch] = bench_arch(arch, kit, fake, a.repeats, Path(tmp))
+            print(f"{arch}: baseline {results[arch]['baseline']['total']:.3f} s, "
+                  f"dcls {results[arch]['dcls']['total']:.3f} s", flush=True)
+    ok = report(results)
+    if not a.no_kernels:
+        print(f"\n{'DCLS layer type':44}{'ConstructKernel2d':>18}{'ours':>10}{'speed-up':>10}{'max rel diff':>14}")
+        for arch in archs:
+            for kind, old, new, err in kernel_speedups(arch):
+                print(f"{arch + ' ' + kind:44}{old:17.4f}s{new:9.4f}s{old / new:9.0f}x{err:14.2e}", flush=True)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
