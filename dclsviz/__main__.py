@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
+
+from .files import write_json
 
 
 def _progress_bar(desc: str):
@@ -24,24 +25,6 @@ def _progress_bar(desc: str):
     return update
 
 
-def _finite_or_null(obj):
-    """``obj`` with every non-finite float (NaN, ±inf, also numpy's) turned into None, for strict JSON."""
-    if isinstance(obj, dict):
-        return {k: _finite_or_null(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite_or_null(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if np.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
-
-
-def write_json(path: Path, obj) -> None:
-    """Every JSON file the CLI writes: valid JSON (RFC 8259 has no NaN), non-finite numbers as null."""
-    path.write_text(json.dumps(_finite_or_null(obj), indent=1, allow_nan=False))
-
-
 def _clickme_sample(spec: str):
     """The record SHARD:INDEX names, or a one-line error (empty shard, index out of range, bad index)."""
     from . import clickme, limits
@@ -51,9 +34,10 @@ def _clickme_sample(spec: str):
         raise ValueError(f"--clickme expects SHARD:INDEX, e.g. val-0.tfrecords:12, not {spec!r}")
     path, index = spec.rsplit(":", 1)
     i = limits.whole_number(index, "the --clickme record index", 0, limits.MAX_SEED)
-    shard = clickme.ClickMeShard(Path(path))
-    if len(shard) == 0:
-        raise ValueError(f"--clickme: the shard {path} holds no records")
+    try:
+        shard = clickme.ClickMeShard(Path(path))  # an empty or unreadable shard is refused here
+    except clickme.ClickMeFormatError as e:
+        raise ValueError(f"--clickme: {e}") from None
     if i >= len(shard):
         raise ValueError(f"--clickme: the shard {path} has {len(shard)} records: choose an index from 0 to "
                          f"{len(shard) - 1}, not {i}")

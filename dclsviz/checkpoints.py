@@ -135,6 +135,44 @@ def _fetch_from(url: str, dest: Path, progress: Optional[Progress], timeout) -> 
     return fetch(url, dest, progress=progress, timeout=timeout)
 
 
+HASHES_NAME = "sha256.json"
+_HASHES_KEPT = 256
+
+
+def _file_key(path: Path) -> str:
+    st = path.stat()
+    # ctime changes with every write and cannot be set back, so a file rewritten in place gets a new key
+    return f"{path.resolve()}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}"
+
+
+def checkpoint_sha256(path: Path) -> str:
+    """The file's sha256, hashed once and remembered by its identity (path, inode, size, mtime, ctime).
+
+    A study checkpoint is 100-350 MB: hashing it at every load cost more than building and freezing the model.
+    The record is a cache (``$DCLSVIZ_CACHE/sha256.json``): lost or unreadable, the file is hashed again."""
+    import json
+
+    from .files import write_json
+
+    record = cache_root() / HASHES_NAME
+    key = _file_key(path)
+    try:
+        known = json.loads(record.read_text())
+        if not isinstance(known, dict):
+            known = {}
+    except (OSError, ValueError):
+        known = {}
+    if isinstance(known.get(key), str):
+        return known[key]
+    digest = sha256_file(path)
+    known[key] = digest
+    try:
+        write_json(record, dict(list(known.items())[-_HASHES_KEPT:]), indent=None)
+    except OSError:  # a read-only cache only costs the hashing next time
+        pass
+    return digest
+
+
 def resolve(entry: ModelEntry, path: Optional[Path] = None, *, checkpoint_dir: Optional[Path] = None,
             download: bool = True, progress: Optional[Progress] = None,
             timeout=FETCH_TIMEOUT) -> ResolvedCheckpoint:
@@ -143,17 +181,17 @@ def resolve(entry: ModelEntry, path: Optional[Path] = None, *, checkpoint_dir: O
         path = Path(path).expanduser()
         if not path.is_file():
             raise CheckpointUnavailable(f"checkpoint file not found: {path}")
-        return ResolvedCheckpoint(path, "explicit", sha256_file(path))
+        return ResolvedCheckpoint(path, "explicit", checkpoint_sha256(path))
     if entry.checkpoint.bundled:
         p = ASSETS / entry.checkpoint.bundled
         if not p.is_file():
             raise CheckpointUnavailable(f"{entry.id}: the bundled file assets/{entry.checkpoint.bundled} is missing; "
                                         f"`python -m dclsviz demo train` recreates it")
-        return ResolvedCheckpoint(p, "bundled", sha256_file(p))
+        return ResolvedCheckpoint(p, "bundled", checkpoint_sha256(p))
     local = find_local(entry, checkpoint_dir)
     if local is not None:
         origin, p = local
-        return ResolvedCheckpoint(p, origin, sha256_file(p))
+        return ResolvedCheckpoint(p, origin, checkpoint_sha256(p))
     if not download:
         raise CheckpointUnavailable(f"not cached. {how_to_get(entry)}")
     errors = []

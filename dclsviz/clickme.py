@@ -17,7 +17,6 @@ import os
 import re
 import stat
 import struct
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Union
@@ -28,6 +27,7 @@ import simplejpeg
 
 from . import human
 from .download import cache_root, fetch
+from .files import write_json
 
 # Where the reference loader downloads the validation shards from: f"{base}/val/val-{i}.tfrecords".
 CLICKME_BASE_URL = "https://storage.googleapis.com/serrelab/prj_harmonization/dataset/click-me"
@@ -383,18 +383,6 @@ def _folder_writable(folder: Path) -> bool:
     return bool(mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)) and os.access(folder, os.W_OK)
 
 
-def _atomic_write_json(target: Path, payload: dict) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=target.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class ClickMeShard:
     """Random access to the records of one ClickMe TFRecord shard.
 
@@ -466,7 +454,7 @@ class ClickMeShard:
         targets = ([beside] if _folder_writable(self.path.parent) else []) + [cached]
         for p in targets:
             try:
-                _atomic_write_json(p, payload)
+                write_json(p, payload, indent=None)
             except OSError:
                 continue
             self.index_path = p

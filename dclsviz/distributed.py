@@ -184,8 +184,8 @@ def merge_parts(out: Path, archs: Sequence[str], variants: Sequence[str], items:
     """
     import shutil
 
-    from .evaluate import (COLUMNS, CSV_NAME, ResultStore, RunRecord, csv_text, folder_lock, read_rows, row_cells,
-                           write_atomically)
+    from .evaluate import COLUMNS, CSV_NAME, ResultStore, RunRecord, csv_text, folder_lock, read_rows, row_cells
+    from .files import write_atomically
 
     position = {(it.shard, it.index): k for k, it in enumerate(items)}
     arch_at, variant_at = {a: k for k, a in enumerate(archs)}, {v: k for k, v in enumerate(variants)}

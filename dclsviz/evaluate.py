@@ -26,9 +26,7 @@ import io
 import json
 import math
 import os
-import stat
 import sys
-import tempfile
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,6 +37,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Optional, Sequence
 from tqdm import tqdm
 
 from . import clickme, datapath, metrics, stats, zoo
+from .files import write_atomically, write_json
 from .cam import DEFAULT_THRESHOLD
 from .compare import MAP_TITLES, MAPS, explain_batch, versions
 
@@ -275,21 +274,6 @@ def _parse_line(raw: bytes) -> dict:
     return row
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        if path.exists():  # a rewritten file keeps its permissions (mkstemp's are private)
-            os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 _thread_locks: dict[str, threading.Lock] = {}
 _thread_locks_guard = threading.Lock()
 
@@ -333,11 +317,6 @@ def output_row(arch: str, variant: str, item: Item, label: Optional[int], out) -
 # --- run.json ----------------------------------------------------------------------------------------
 
 
-def _write_json(path: Path, payload: dict) -> None:
-    # the summary and run record appear whole or not at all, even when the run is killed while writing
-    write_atomically(path, json.dumps(payload, indent=1).encode())
-
-
 class RunRecord:
     """``run.json``: the settings and checkpoint hashes the rows of this folder were computed with."""
 
@@ -365,10 +344,10 @@ class RunRecord:
                                   f"this one is {sha256[:12]}…; use another --out folder")
         if old is None:
             self.checkpoints[model_id] = sha256
-            _write_json(self.path, self.data)
+            write_json(self.path, self.data)
 
     def save(self) -> None:
-        _write_json(self.path, self.data)
+        write_json(self.path, self.data)
 
 
 # --- the loop ----------------------------------------------------------------------------------------
@@ -634,7 +613,7 @@ def write_report(out: Path, archs: Sequence[str], variants: Sequence[str], shard
                    "checkpoints": {k: sha for k, sha in record.checkpoints.items()
                                    if k.rsplit(".", 1)[0] in archs and k.rsplit(".", 1)[1] in variants},
                    **result, "versions": versions()}
-        _write_json(out / SUMMARY_NAME, summary)
+        write_json(out / SUMMARY_NAME, summary)
         (out / TABLE_NAME).write_text(table1(result["models"], archs) + "\n")
         scatter(result["models"], out / SCATTER_NAME, f"{len(items)} images, {geometry} geometry, threshold {threshold}")
     return summary

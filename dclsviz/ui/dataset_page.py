@@ -20,7 +20,7 @@ from typing import Optional
 
 import gradio as gr
 
-from .. import evaluate, geometry, labels, metrics, zoo
+from .. import evaluate, geometry, labels, limits, metrics, zoo
 from ..cam import DEFAULT_THRESHOLD
 from ..compare import MAP_TITLES, MAPS, versions
 from . import storage
@@ -29,7 +29,7 @@ from .service import (AppConfig, CheckpointProblem, UserError, VARIANT_TITLES, a
                       class_names, dataset_gpu_seconds, default_arch, load_pair, on_gpu, open_shard, resolve_shard,
                       shard_choices, shard_label_space_matches)
 
-MAX_IMAGES = 200
+MAX_IMAGES = limits.MAX_DATASET_IMAGES
 DEFAULT_IMAGES = 64
 BATCH = 16
 
@@ -48,7 +48,14 @@ def run_folder(cfg: AppConfig, arch: str, shard: Path, geometry_name: str, thres
 
 def arch_list(archs) -> list[str]:
     """Architectures from a list or a comma-separated string, in the order given, without repeats."""
+    if isinstance(archs, str):
+        try:
+            archs = limits.text(archs, "arch", limits.MAX_NAME_CHARS * 16)
+        except limits.LimitError as e:
+            raise UserError(str(e)) from None
     names = archs.split(",") if isinstance(archs, str) else list(archs or [])
+    if len(names) > len(zoo.archs()):
+        raise UserError(f"at most {len(zoo.archs())} model pairs, not {len(names)}")
     out = list(dict.fromkeys(a.strip() for a in names if a and a.strip()))
     if not out:
         raise UserError("choose at least one model pair")
@@ -60,11 +67,10 @@ def arch_list(archs) -> list[str]:
 
 def _check(archs: list[str], shard: Optional[str], n_images, geometry_name: str, threshold, cfg: AppConfig):
     try:
-        n = int(n_images)
-    except (TypeError, ValueError):
-        raise UserError(f"the number of images must be a whole number, not {n_images!r}") from None
-    if not 1 <= n <= MAX_IMAGES:
-        raise UserError(f"evaluate 1 to {MAX_IMAGES} images here; `python -m dclsviz evaluate` has no limit")
+        n = limits.whole_number(n_images, "the number of images", 1, MAX_IMAGES)
+    except limits.LimitError as e:
+        raise UserError(f"{e} (evaluate 1 to {MAX_IMAGES} images here; `python -m dclsviz evaluate` has no "
+                        "limit)") from None
     th = check_settings(threshold, geometry_name)
     path = resolve_shard(shard, cfg)
     open_shard(path)  # a clear message for an unreadable shard before any model work

@@ -125,7 +125,10 @@ def arch_choices() -> list[str]:
 
 def _entry(arch: str, variant: str = "dcls") -> zoo.ModelEntry:
     try:
-        return zoo.get(arch, variant)
+        # bounded before it can be echoed in a message
+        return zoo.get(limits.text(arch, "the model pair", limits.MAX_NAME_CHARS, required=True), variant)
+    except limits.LimitError as e:
+        raise UserError(str(e)) from None
     except KeyError as e:
         raise UserError(e.args[0]) from None
 
@@ -222,7 +225,7 @@ def resolve_shard(shard: Optional[str], cfg: AppConfig) -> Path:
     for label, path in choices:
         if shard in (label, path, Path(path).name):
             return Path(path)
-    raise UserError(f"unknown shard {shard!r}; choose one of: {', '.join(Path(p).name for _, p in choices)}")
+    raise UserError(f"unknown shard {shard[:limits.MAX_NAME_CHARS]!r}; choose one of: {', '.join(Path(p).name for _, p in choices)}")
 
 
 @functools.lru_cache(maxsize=32)
