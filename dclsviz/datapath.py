@@ -73,14 +73,15 @@ class RecordSet(Dataset):
             inputs = {t: prepare_inputs([sample], t) for t in self.transforms}
         except (ValueError, OSError, IndexError) as e:  # ClickMeFormatError, or an image or map out of bounds
             return k, str(e).replace(str(shard.path), it.shard)  # the file name only, never a server path
-        return k, (sample.label, sample.human, sample.name,
+        # a tensor crosses to the main process through shared memory; an array would be pickled through the pipe
+        return k, (sample.label, torch.from_numpy(sample.human), sample.name,
                    {t: (x[0], w[0]) for t, (x, w) in inputs.items()})
 
 
 def _collate(set_: RecordSet, batch: list) -> Prepared:
     ok = [(k, got) for k, got in batch if not isinstance(got, str)]
     failed = [(set_.items[k], got) for k, got in batch if isinstance(got, str)]
-    samples = [Sample(_NO_IMAGE, human, label, name) for _, (label, human, name, _) in ok]
+    samples = [Sample(_NO_IMAGE, human.numpy(), label, name) for _, (label, human, name, _) in ok]
     inputs = {}
     for t in set_.transforms:
         if ok:
@@ -98,15 +99,9 @@ class _Collate:
 
 
 def _worker_init(parent: int, _: int) -> None:
+    # torch's worker loop already runs one intra-op thread. Nothing here may touch a thread pool the parent may
+    # have started before the fork (OpenCV's hangs in cv2.setNumThreads in the child): the records need none.
     _die_with_parent(parent)
-    # each worker does one record at a time: extra intra-op threads would only fight the other workers
-    torch.set_num_threads(1)
-    try:
-        import cv2
-
-        cv2.setNumThreads(1)
-    except ImportError:  # pragma: no cover - cv2 is a requirement
-        pass
 
 
 def _die_with_parent(parent: int) -> None:
