@@ -95,7 +95,7 @@ def test_dataset_endpoint_refuses_bad_requests_and_keeps_serving(client, app_ser
     shutil.copyfile(kit / "clickme" / "sample_val.tfrecords", app_server.home / "clickme" / "val-0.tfrecords")
     for args, words in [(("demo", "", 500, "paper", 0.3), "200"), (("demo", "", 3.9, "paper", 0.3), "whole number"),
                         (("demo," * 400_000, "", 4, "paper", 0.3), "characters long; the limit"),
-                        (("demo", "", 4, "paper", float("nan")), r"threshold must lie in \[0, 1\]"),
+                        (("demo", "", 4, "paper", 2.0), r"threshold must lie in \[0, 1\]"),
                         (("demo", "nope.tfrecords", 4, "paper", 0.3),
                                                                    "unknown shard"),
                         (("resnet50", "", 4, "paper", 0.3), "not classes of resnet50"),
