@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The CUDA path in one go, on a machine with a GPU: the conformance goldens and CAM tests on cuda, the
-# CLI (explain, evaluate) on cuda, and both benchmarks with CPU and CUDA figures from the same run.
+# CLI (explain, evaluate) on cuda, the benchmarks with CPU and CUDA figures from the same run, and the study's
+# whole path (bench_study: bare inference vs evaluate, workers, torchrun, the Table 1 projection).
 #   DCLSVIZ_CONFORMANCE=/path/to/kit OUT=/tmp/gpu bash benchmarks/gpu_check.sh   (TESTS=... picks test files)
 set -u
 OUT=${OUT:-/tmp/dclsviz-gpu}
@@ -28,4 +29,9 @@ step "bench_evaluate cuda (ConvNeXt-T pair, random weights)"
 $PY benchmarks/bench_evaluate.py --device cuda --arch convnext_tiny --images 128 --repeats 3
 step "bench_cam cuda (ConvNeXt-T pair)"
 $PY benchmarks/bench_cam.py --device cuda --repeats 5 2>&1 | tail -n 20
+step "bench_study cuda (ConvNeXt-T and ResNet-50 pairs, random weights, 2048 records)"
+for arch in convnext_tiny resnet50; do
+    $PY benchmarks/bench_study.py --device cuda --arch "$arch" --records 2048 --batch-size 128 --repeats 2 \
+        --torchrun-records 1024 --no-cold-start
+done
 step done
