@@ -116,6 +116,7 @@ def torchrun_rates(shard: Path, arch: str, n: int, batch: int, device: str, repe
 
             kit = kit_folder()
             fake = fake_module(kit)
+            ckpts.mkdir(parents=True)
             for v in zoo.VARIANTS:
                 man = fake.load_manifest(kit / "manifests" / f"{arch}.{v}.json")
                 fake.write_checkpoint(man, ckpts / man["file_name"], seed=0)
