@@ -1,4 +1,5 @@
-"""Command line: ``python -m dclsviz {explain,models,demo,...}``. Argument parsing only; the work is in the core."""
+"""Command line: ``python -m dclsviz {explain,models,evaluate,review,demo}``. Argument parsing only; the work is in
+the core."""
 
 from __future__ import annotations
 
@@ -10,6 +11,10 @@ from typing import Optional
 import numpy as np
 
 from .files import write_json
+
+DESCRIPTION = ("Grad-CAM and Threshold-Grad-CAM of baseline and DCLS models against ClickMe human attention: explain "
+               "one image, list the models, evaluate on ClickMe shards, administer review sessions, train the demo "
+               "pair.")
 
 
 def _progress_bar(desc: str):
@@ -134,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .geometry import GEOMETRIES
     from .zoo import VARIANTS
 
-    p = argparse.ArgumentParser(prog="python -m dclsviz", description=__doc__.split(".")[0])
+    p = argparse.ArgumentParser(prog="python -m dclsviz", description=DESCRIPTION)
     sub = p.add_subparsers(dest="command", required=True)
 
     e = sub.add_parser("explain", help="Grad-CAM and Threshold-Grad-CAM of one model for one image")

@@ -200,3 +200,12 @@ def test_clickme_index_out_of_range_and_empty_shard(tmp_path):
     r = demo_explain(tmp_path, "--clickme", f"{tmp_path / 'empty.tfrecords'}:0", check=False)
     assert_clean_error(r, "error: --clickme: ", "empty.tfrecords is empty")
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_help_prints_the_whole_description():
+    r = subprocess.run([sys.executable, "-m", "dclsviz", "--help"], cwd=REPO, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0
+    text = " ".join(r.stdout.split())
+    assert "explain one image, list the models, evaluate on ClickMe shards" in text and "demo pair." in text
+    assert "``" not in text  # the module's reST docstring is not the description
