@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from contextlib import contextmanager
+import os
 from typing import Callable, NamedTuple, Optional
 
 import torch
@@ -33,16 +33,19 @@ RULES: dict[str, Callable[[nn.Conv2d], bool]] = {
 }
 
 
-@contextmanager
-def _quiet_dcls():
-    # Dcls2d.__init__ logs through the root logger, on every layer, that it falls back to
-    # torch's conv2d on CPU: that is expected here and only noise for users.
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        yield
-    finally:
-        logging.disable(previous)
+class _FallbackNotice(logging.Filter):
+    """Drops the notice ``Dcls2d.__init__`` logs through the root logger on every layer, that it falls back to
+    torch's conv2d (expected here, only noise for users). A filter, not ``logging.disable``: that is process-wide
+    state, and two threads building models at once could leave every warning switched off."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        import DCLS
+
+        from_dcls = record.pathname.startswith(os.path.dirname(DCLS.__file__))
+        return not (from_dcls and any(w in record.getMessage() for w in ("conv2d", "ImplicitGEMM")))
+
+
+_FALLBACK_NOTICE = _FallbackNotice()
 
 
 def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -83,17 +86,17 @@ def apply_recipe(model: nn.Module, recipe: DclsRecipe, init: bool = True) -> lis
         raise ValueError(f"DCLS rule {recipe.rule!r} selects no convolution in {type(model).__name__}")
     dks = recipe.dilated_kernel_size
     shared_p = None
-    with _quiet_dcls():
-        for name, conv in targets:
-            layer = make(conv.in_channels, conv.out_channels, kernel_count=recipe.kernel_count,
-                         stride=conv.stride, padding=dks // 2, dilated_kernel_size=dks,
-                         groups=conv.groups, bias=conv.bias is not None, version=recipe.version,
-                         use_implicit_gemm=False)
-            layer.__class__ = Dcls2d  # the very class the checkpoint's layers were, whichever way it was built
-            if shared_p is not None and shared_p.shape == layer.P.shape:
-                layer.P = shared_p
-            shared_p = layer.P
-            _set_module(model, name, layer)
+    logging.root.addFilter(_FALLBACK_NOTICE)  # once: addFilter ignores a filter already there
+    for name, conv in targets:
+        layer = make(conv.in_channels, conv.out_channels, kernel_count=recipe.kernel_count,
+                     stride=conv.stride, padding=dks // 2, dilated_kernel_size=dks,
+                     groups=conv.groups, bias=conv.bias is not None, version=recipe.version,
+                     use_implicit_gemm=False)
+        layer.__class__ = Dcls2d  # the very class the checkpoint's layers were, whichever way it was built
+        if shared_p is not None and shared_p.shape == layer.P.shape:
+            layer.P = shared_p
+        shared_p = layer.P
+        _set_module(model, name, layer)
     return [n for n, _ in targets]
 
 

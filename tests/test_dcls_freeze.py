@@ -209,3 +209,23 @@ def test_mapping_keeps_the_allowlist(tmp_path):
     torch.save({"w": torch.zeros(2), "x": pickle.PickleError("not allowed")}, path)
     with pytest.raises(checkpoints.CheckpointMismatch, match="without running pickled code"):
         checkpoints.read_file(path)
+
+
+def test_building_in_threads_hides_only_the_dcls_notice(caplog):
+    """DCLS's per-layer conv2d notice is filtered out; other warnings stay on, however builds interleave."""
+    import logging
+    import threading
+
+    from dclsviz import models, zoo
+
+    with caplog.at_level(logging.WARNING):
+        threads = [threading.Thread(target=models.build, args=(zoo.get("demo", "dcls"),)) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        logging.warning("a warning of our own")
+    assert logging.root.manager.disable == 0
+    messages = [r.getMessage() for r in caplog.records]
+    assert "a warning of our own" in messages
+    assert not [m for m in messages if "conv2d" in m or "ImplicitGEMM" in m], messages
