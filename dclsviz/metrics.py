@@ -87,13 +87,16 @@ def _centred_at_sorted(keys: np.ndarray) -> np.ndarray:
     return out
 
 
-def _centred_ranks_torch(rows: "torch.Tensor") -> "torch.Tensor":
+def _centred_ranks_torch(rows: "torch.Tensor", sorted_rows: Optional[list] = None) -> "torch.Tensor":
     """Centred average ranks (float64) in pixel order, on a torch device: one sort for all rows, the tie
-    groups found by scans. The same values as ``_centred_at_sorted`` put back in pixel order."""
+    groups found by scans. The same values as ``_centred_at_sorted`` put back in pixel order.
+    ``sorted_rows``: a list that receives the sorted rows, for the top-pixel thresholds."""
     import torch
 
     r, p = rows.shape
     s, order = torch.sort(rows, dim=1)
+    if sorted_rows is not None:
+        sorted_rows.append(s)
     starts = torch.ones_like(s, dtype=torch.bool)
     starts[:, 1:] = s[:, 1:] != s[:, :-1]
     ends = torch.ones_like(starts)
@@ -211,23 +214,57 @@ def _scores_sorted(ms: np.ndarray, hs: np.ndarray, top: Optional[float],
     return rho, defined, counts
 
 
-def _spearman_torch(ms: np.ndarray, hs: np.ndarray, device) -> tuple[np.ndarray, np.ndarray]:
+def _percentile_at(p: int, top: float) -> tuple[int, int, np.float32]:
+    """Where ``np.percentile(row, 100 - 100*top)`` (linear) reads a sorted row of ``p`` values: the two
+    neighbours and the float32 weight between them. It depends on ``p`` alone, so numpy computes it here."""
+    v = float(np.percentile(np.arange(p, dtype=np.float64), 100.0 - 100.0 * top))
+    lo = int(math.floor(v))
+    return lo, min(lo + 1, p - 1), np.float32(v - lo)
+
+
+def _top_counts_torch(rows: "torch.Tensor", ranked: "torch.Tensor", n: int, k: int, top: float) -> np.ndarray:
+    """(n, k, 3) counts of the top-pixel masks from the rows sorted on the device: the reference's threshold,
+    numpy's linear percentile, computed with its own float32 arithmetic (two separate operations, so no fused
+    multiply-add can round differently), then ``map > threshold``."""
+    import torch
+
+    lo, hi, t = _percentile_at(rows.shape[1], top)
+    a, b = ranked[:, lo], ranked[:, hi]
+    diff, w = b - a, torch.tensor(t, device=rows.device)
+    threshold = b - diff * (1 - w) if t >= 0.5 else a + diff * w  # numpy's _lerp, its branch by the weight
+    masks = rows > threshold[:, None]
+    mm, mh = masks[: n * k].reshape(n, k, -1), masks[n * k:]
+    counts = torch.stack([(mm & mh[:, None]).sum(2), mm.sum(2), mh.sum(1)[:, None].expand(n, k)], dim=2)
+    return counts.cpu().numpy().astype(np.int64)
+
+
+def _spearman_torch(ms: np.ndarray, hs: np.ndarray, device, top: Optional[float] = None):
+    """rho (n, k) and defined (n, k) ranked on ``device``; with ``top`` also the top-pixel mask counts of the
+    images whose maps all have a ranking (-1 for the others: the generic masks decide those)."""
     import torch
 
     n, k, p = ms.shape
     rows, ok = _ranked_rows(np.concatenate([ms.reshape(n * k, p), hs]))
-    ranks = _centred_ranks_torch(torch.from_numpy(rows).to(device))
+    on_device, ranked = torch.from_numpy(rows).to(device), []
+    ranks = _centred_ranks_torch(on_device, ranked)
     rm, rh = ranks[: n * k].reshape(n, k, p), ranks[n * k:]
     sums = (torch.einsum("nkp,np->nk", rm, rh), torch.einsum("nkp,nkp->nk", rm, rm), torch.einsum("np,np->n", rh, rh))
-    return _rho(*(t.cpu().numpy() for t in sums), ok, p)
+    rho, defined = _rho(*(t.cpu().numpy() for t in sums), ok, p)
+    if top is None:
+        return rho, defined
+    counts = _top_counts_torch(on_device, ranked[0], n, k, top)
+    counts[~defined.all(1)] = -1
+    return rho, defined, counts
 
 
 def _rank_scores(ms: np.ndarray, hs: np.ndarray, device, top: Optional[float]):
-    """rho, defined and (on the CPU, with ``top``) the sorted path's mask counts; see ``_scores_sorted``."""
+    """rho, defined and, with ``top``, the mask counts from the same sort; see ``_scores_sorted``."""
     import torch
 
     if device is not None and torch.device(device).type != "cpu":
-        return (*_spearman_torch(ms, hs, device), None)
+        if top is None:
+            return (*_spearman_torch(ms, hs, device), None)
+        return _spearman_torch(ms, hs, device, top)
     if len(ms) == 1:
         return _scores_sorted(ms, hs, top, threads=True)
     return _in_halves(_scores_sorted, (ms, hs), top)
@@ -237,8 +274,8 @@ def score_pairs(model_maps, human_maps, top: float = 0.10, device=None) -> list[
     """Spearman's rho, Dice and IoU of each of K model maps against its image's human map, N images at once.
 
     ``model_maps`` (N, K, ...) and ``human_maps`` (N, ...) -> N lists of K ``(rho, dice, iou)``, rho None
-    where undefined. On the CPU every map is sorted once, for its ranks and its top-``top`` mask alike,
-    on two threads; ``device`` (e.g. the models' CUDA device) ranks there instead.
+    where undefined. Every map is sorted once, for its ranks and its top-``top`` mask alike: on the CPU on two
+    threads, or on ``device`` (e.g. the models' CUDA device), which then does the masks' counting too.
     """
     _check_top(top)
     ms, hs = _pairs(model_maps, human_maps)

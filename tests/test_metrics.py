@@ -213,6 +213,11 @@ def test_score_pairs_equals_the_definitions(kind):
         assert defined_t.tolist() == [[r is not None for r, _, _ in row] for row in got]
         np.testing.assert_allclose(rho_t[defined_t], [r for row in got for r, _, _ in row if r is not None],
                                    rtol=0, atol=1e-12)
+        # ... and the top-pixel masks counted there: the reference's counts wherever the image's maps all rank
+        _, _, counts = metrics._spearman_torch(ms.reshape(n, k, -1), hs.reshape(n, -1), TEST_DEVICE, 0.10)
+        want = metrics._mask_counts(ms.reshape(n, k, -1), hs.reshape(n, -1), 0.10)
+        for i in range(n):
+            assert (counts[i] == want[i]).all() if defined_t[i].all() else (counts[i] == -1).all(), i
         overlaps = metrics.dice_iou_pairs(ms, hs)
         for i in range(n):
             for j in range(k):
@@ -223,3 +228,25 @@ def test_score_pairs_equals_the_definitions(kind):
                 rho, dice, iou = got[i][j]
                 assert rho is None if np.isnan(ref) else abs(rho - ref) <= 1e-12, (n, k, i, j)
                 assert (dice, iou) == overlaps[i][j]
+
+
+def test_device_masks_equal_the_reference_on_tied_and_tiny_maps():
+    """The threshold computed on the device is numpy's percentile to the bit, so the masks are the reference's:
+    random maps, maps of few distinct values (ties at the threshold), and maps of 1e-5 scale like raw CAMs."""
+    rng = np.random.default_rng(7)
+    for kind in range(3):
+        for _ in range(20):
+            shape = (3, 2, 224, 224)
+            if kind == 0:
+                ms = rng.random(shape)
+            elif kind == 1:
+                ms = np.round(rng.random(shape) * rng.integers(2, 40)) / 7
+            else:
+                ms = rng.standard_normal(shape) * 1e-5
+            ms = ms.astype(np.float32)
+            hs = np.round(rng.random((3, 224, 224)) * 30).astype(np.float32)
+            n, k = shape[:2]
+            _, defined, counts = metrics._spearman_torch(ms.reshape(n, k, -1), hs.reshape(n, -1), TEST_DEVICE, 0.10)
+            assert defined.all()
+            np.testing.assert_array_equal(counts, metrics._mask_counts(ms.reshape(n, k, -1), hs.reshape(n, -1),
+                                                                       0.10))
