@@ -40,9 +40,18 @@ class Prepared:
     """One batch ready for the models: the readable records with their inputs, and those that failed."""
 
     items: list  # evaluate.Item of each readable record, in request order
-    samples: list[Sample]  # label and human map (the image itself stays in the worker)
+    labels: list[int]
+    names: list[str]
+    # one tensor, so that a worker hands the batch's human maps over through shared memory, not the pipe
+    humans: Optional[torch.Tensor]  # (B, 224, 224) float32
     inputs: dict[Transform, tuple[torch.Tensor, list[geometry.Window]]]
     failed: list[tuple[object, str]] = field(default_factory=list)  # (item, reason)
+
+    @property
+    def samples(self) -> list[Sample]:
+        """Label and human map of each readable record (the image itself stayed in the worker)."""
+        humans = self.humans.numpy() if self.humans is not None else []
+        return [Sample(_NO_IMAGE, h, label, name) for h, label, name in zip(humans, self.labels, self.names)]
 
     def pin_memory(self) -> "Prepared":
         # DataLoader calls this in its pinning thread when the models are on CUDA: page-locked inputs are what
@@ -73,7 +82,6 @@ class RecordSet(Dataset):
             inputs = {t: prepare_inputs([sample], t) for t in self.transforms}
         except (ValueError, OSError, IndexError) as e:  # ClickMeFormatError, or an image or map out of bounds
             return k, str(e).replace(str(shard.path), it.shard)  # the file name only, never a server path
-        # a tensor crosses to the main process through shared memory; an array would be pickled through the pipe
         return k, (sample.label, torch.from_numpy(sample.human), sample.name,
                    {t: (x[0], w[0]) for t, (x, w) in inputs.items()})
 
@@ -81,12 +89,12 @@ class RecordSet(Dataset):
 def _collate(set_: RecordSet, batch: list) -> Prepared:
     ok = [(k, got) for k, got in batch if not isinstance(got, str)]
     failed = [(set_.items[k], got) for k, got in batch if isinstance(got, str)]
-    samples = [Sample(_NO_IMAGE, human.numpy(), label, name) for _, (label, human, name, _) in ok]
     inputs = {}
     for t in set_.transforms:
         if ok:
             inputs[t] = (torch.stack([got[3][t][0] for _, got in ok]), [got[3][t][1] for _, got in ok])
-    return Prepared([set_.items[k] for k, _ in ok], samples, inputs, failed)
+    return Prepared([set_.items[k] for k, _ in ok], [got[0] for _, got in ok], [got[2] for _, got in ok],
+                    torch.stack([got[1] for _, got in ok]) if ok else None, inputs, failed)
 
 
 class _Collate:

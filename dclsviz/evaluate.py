@@ -470,7 +470,7 @@ def _evaluate_arch(run: _Run, arch: str, todo: dict[str, set[Item]], loader, ski
                 run.unreadable[it] = why
                 run.log(f"skipping {it.shard} record {it.index}: {why}")
             run.bar.total -= sum(it in t for t in todo.values())
-        rows = []
+        rows, samples = [], batch.samples
         for v, lm in loaded.items():
             idx = [i for i, it in enumerate(batch.items) if it in todo[v]]
             if not idx:
@@ -478,9 +478,9 @@ def _evaluate_arch(run: _Run, arch: str, todo: dict[str, set[Item]], loader, ski
             x, windows = batch.inputs[lm.entry.transform]
             if len(idx) < len(batch.items):  # a resumed run: this model already has some of the batch
                 x, windows = x[idx], [windows[i] for i in idx]
-            outs = explain_batch(lm, [batch.samples[i] for i in idx], TARGET, run.threshold, run.geometry,
+            outs = explain_batch(lm, [samples[i] for i in idx], TARGET, run.threshold, run.geometry,
                                  engines[v], inputs=(x, windows))
-            rows.extend(output_row(arch, v, batch.items[i], batch.samples[i].label, o) for i, o in zip(idx, outs))
+            rows.extend(output_row(arch, v, batch.items[i], batch.labels[i], o) for i, o in zip(idx, outs))
         if rows:
             run.store.append(rows)
         run.bar.update(len(rows))
