@@ -552,7 +552,7 @@ def scatter(models: dict, path: Path, title: str) -> bool:
     points = [p for p in points if p[2] is not None and p[3] is not None]
     if not points:
         return False
-    # the object API only: pyplot's global figure state is not safe in the app's worker threads
+    # the object API only: matplotlib's global-state interface is not safe in the app's worker threads
     import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
