@@ -160,7 +160,7 @@ def run_evaluation(archs, shard: Optional[str], n_images, geometry_name: str, th
                                                                    summary["skipped"].items()))
     summary.update(evaluate.data_report(shards, list({(r["shard"], r["index"]): r for r in unreadable}.values())))
     summary["versions"] = versions()
-    run = DatasetRun(summary, folders, items, Exports(cfg.export_dir).new_folder(), rows)
+    run = DatasetRun(summary, folders, items, Exports.at(cfg.export_dir).new_folder(), rows)
     _write_report(run, geometry_name, th)
     # each pair, shard and setting keeps its own run folder: bounded here, never the ones just used
     storage.prune_dataset_runs(cfg.evaluation_dir, keep={f.name for f in folders.values()})
@@ -255,7 +255,7 @@ def headline(run: DatasetRun, seconds: Optional[float] = None) -> str:
     return "  \n".join(parts)
 
 
-def bundle(run: DatasetRun, export_dir: Path) -> str:
+def bundle(run: DatasetRun) -> str:
     """One zip of this request's files: the combined summary, Table 1 and Figure 2, and per pair the requested
     records' rows and its run.json, under the pair's name."""
     buf = io.BytesIO()
@@ -324,7 +324,7 @@ def build(cfg: AppConfig) -> None:
         scatter = run.report / evaluate.SCATTER_NAME
         return (headline(run, time.perf_counter() - t0), summary_rows(run), paired_rows(run),
                 str(scatter) if scatter.is_file() else None, image_rows(run),
-                gr.update(value=bundle(run, cfg.export_dir), visible=True))
+                gr.update(value=bundle(run), visible=True))
 
     run_btn.click(ui_evaluate, [arch, shard, n_images, geom, threshold],
                   [headline_md, table, paired, plot, per_image, download], api_visibility="private",
@@ -339,7 +339,7 @@ def build(cfg: AppConfig) -> None:
             run = run_evaluation(arch, shard, n_images, geometry, threshold, cfg, progress)
         except UserError as e:
             raise _error(e) from None
-        return run.summary, bundle(run, cfg.export_dir)
+        return run.summary, bundle(run)
 
     with gr.Column(visible=False):
         inputs = [gr.Textbox(label="arch"), gr.Textbox(label="shard"), gr.Number(DEFAULT_IMAGES, label="n_images"),

@@ -58,7 +58,7 @@ def theme():
 
 def build_ui(cfg: Optional[AppConfig] = None) -> gr.Blocks:
     cfg = cfg or AppConfig.from_env()
-    exports = Exports(cfg.export_dir)
+    exports = Exports.at(cfg.export_dir)
     # Gradio deletes its cached uploads and outputs older than the age, so the cache stays bounded
     with gr.Blocks(title="dclsviz: DCLS Grad-CAM vs human attention",
                    delete_cache=(cfg.cache_prune_every_s, cfg.cache_max_age_s)) as demo:
@@ -313,7 +313,8 @@ def _api(cfg: AppConfig, exports: Exports) -> None:
         folder = exports.new_folder()
         pngs = {k: render.write_png(pic, folder / f"{k}.png") for k, pic in ov.items() if pic is not None}
         return (manifest, pngs["human"] if c.human is not None else None,
-                *[pngs[f"{v}_{m}"] for v in zoo.VARIANTS for m in MAPS], exports.write(c, names, 0.5, "jet", arch))
+                *[pngs[f"{v}_{m}"] for v in zoo.VARIANTS for m in MAPS],
+                exports.write(c, names, 0.5, "jet", arch, folder))
 
     a_btn.click(api_compare, [a_arch, a_source, a_shard, a_index, a_image, a_human, a_target, a_threshold,
                               a_geometry], [o_manifest, *o_images, o_bundle], api_name="compare",

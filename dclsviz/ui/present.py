@@ -131,12 +131,22 @@ class Exports:
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
 
-    def write(self, c: Comparison, names, alpha: float, cmap: str, arch: str) -> str:
-        """The comparison's zip bundle (with its public manifest) in a new folder; returns its path."""
+    _by_folder: dict[str, "Exports"] = {}
+    _by_folder_lock = threading.Lock()
+
+    @classmethod
+    def at(cls, folder: Path) -> "Exports":
+        """The one ``Exports`` of ``folder`` in this process, so every tab writes and prunes under one lock."""
+        with cls._by_folder_lock:
+            return cls._by_folder.setdefault(str(folder), cls(Path(folder)))
+
+    def write(self, c: Comparison, names, alpha: float, cmap: str, arch: str, folder: Optional[Path] = None) -> str:
+        """The comparison's zip bundle (with its public manifest) in ``folder`` (default: a new one); returns
+        its path."""
         c = public_view(c)
         data = render.export_bundle(c, names, alpha, cmap)
         stem = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in Path(c.sample.name or "upload").name)
-        path = self.new_folder() / f"dclsviz_{arch}_{stem[:60]}.zip"
+        path = (folder or self.new_folder()) / f"dclsviz_{arch}_{stem[:60]}.zip"
         path.write_bytes(data)
         return str(path)
 

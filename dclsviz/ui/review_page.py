@@ -163,7 +163,7 @@ def export(acc: review.Access, cfg: AppConfig) -> str:
     """The CSV of the verdicts ``acc`` may see (everyone's for the organiser) in a fresh download folder."""
     info = review.get_session(acc.session, _db(cfg))
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in info.name)[:60]
-    path = Exports(cfg.export_dir).new_folder() / f"review_{safe}.csv"
+    path = Exports.at(cfg.export_dir).new_folder() / f"review_{safe}.csv"
     mine = acc.reviewer if acc.role == "reviewer" else None
     return str(review.export_csv(acc.session, path, mine, _db(cfg)))
 
