@@ -134,7 +134,7 @@ def test_non_finite_parameters_spoil_the_same_cells(version):
 def test_freeze_builds_the_kernel_on_the_layer_device_and_keeps_the_conv_exact():
     torch.manual_seed(1)
     net = nn.Sequential(nn.Conv2d(16, 32, 3, stride=2, padding=1, bias=True)).to(TEST_DEVICE)
-    dcls.apply_recipe(net, zoo.DclsRecipe(zoo.CONV_3X3, 7, 5, "v0"))
+    dcls.apply_recipe(net, zoo.DclsRecipe(rule=zoo.CONV_3X3, dilated_kernel_size=7, kernel_count=5, version="v0"))
     net.to(TEST_DEVICE)
     live = net[0]
     kernel, bias = dcls.reference_kernel(live), live.bias.detach().clone()
@@ -154,7 +154,7 @@ def test_layers_sharing_positions_freeze_each_with_its_own_weights():
     """A stage's layers share one P and so one set of taps; each kernel still comes from its own weights."""
     torch.manual_seed(2)
     net = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 4, 3, padding=1))
-    dcls.apply_recipe(net, zoo.DclsRecipe(zoo.CONV_3X3, 5, 3, "v1"))
+    dcls.apply_recipe(net, zoo.DclsRecipe(rule=zoo.CONV_3X3, dilated_kernel_size=5, kernel_count=3, version="v1"))
     net.to(TEST_DEVICE)
     assert net[0].P is net[1].P and net[2].P is not net[1].P
     with torch.no_grad():
