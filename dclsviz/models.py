@@ -21,11 +21,14 @@ from torch import nn
 
 from . import checkpoints, dcls
 from .download import Progress
+from .results import Provenance
 from .zoo import ModelEntry
 
 
 @dataclass
 class LoadedModel:
+    """A model ready for CAMs (eval, frozen DCLS, on ``device``) and where its weights came from."""
+
     entry: ModelEntry
     model: nn.Module
     device: torch.device
@@ -37,11 +40,12 @@ class LoadedModel:
     def cam_module(self) -> nn.Module:
         return self.model.get_submodule(self.entry.cam_layer)
 
-    def provenance(self) -> dict:
+    def provenance(self) -> Provenance:
+        """Which weights on which device: the checkpoint's path, origin and sha256 (None for given weights)."""
         c = self.checkpoint
-        return {"id": self.entry.id, "timm_name": self.entry.timm_name,
-                "checkpoint_path": str(c.path) if c else None, "checkpoint_origin": c.origin if c else None,
-                "checkpoint_sha256": c.sha256 if c else None, "device": str(self.device)}
+        return Provenance(id=self.entry.id, timm_name=self.entry.timm_name,
+                          checkpoint_path=str(c.path) if c else None, checkpoint_origin=c.origin if c else None,
+                          checkpoint_sha256=c.sha256 if c else None, device=str(self.device))
 
 
 def default_device() -> torch.device:

@@ -94,9 +94,9 @@ def panel_png(c: Comparison, class_names: Sequence[str], alpha: float = 0.5, cma
         first = (_tile(overlay(img, o.human, alpha, cmap), f"{title}: human map", caption) if o.human is not None
                  else _tile(img, f"{title}: image (no human map)", caption))
         rows.append([first] + [_tile(overlay(img, o.maps[m], alpha, cmap),
-                                     f"{MAP_TITLES[m]}\n{fmt_rho(o.scores[m]['spearman'], o.human is not None)}")
+                                     f"{MAP_TITLES[m]}\n{fmt_rho(o.scores[m].spearman, o.human is not None)}")
                                for m in MAPS])
-    arch = next(iter(c.outputs.values())).provenance["id"].split(".")[0]
+    arch = next(iter(c.outputs.values())).provenance.arch
     heading = f"{arch} · {c.sample.name or 'upload'} · geometry {c.geometry} · threshold {c.threshold}"
     w, h, top_h = sum(t.width for t in rows[0]), sum(r[0].height for r in rows), _FONT_SIZE + 16
     panel = Image.new("RGB", (w, h + top_h), "white")

@@ -234,7 +234,7 @@ def _compare_tab(demo: gr.Blocks, cfg: AppConfig, exports: Exports) -> None:
         # said once the result is there, so that a failed load is not buried under notes about the input
         for n in notes:
             gr.Warning(n)
-        if c.human is not None and any(o.scores[m]["spearman"] is None for o in c.outputs.values()
+        if c.human is not None and any(o.scores[m].spearman is None for o in c.outputs.values()
                                        for m in MAPS):
             gr.Warning("ρ is undefined where a map is constant: Spearman's ρ ranks pixels, and a constant "
                        "map has no ranking")

@@ -14,6 +14,7 @@ from typing import Optional
 
 from .. import labels, limits, metrics, render
 from ..compare import MAP_TITLES, MAPS, Comparison
+from ..results import Provenance
 from . import storage
 from .service import VARIANT_TITLES
 
@@ -21,11 +22,9 @@ from .service import VARIANT_TITLES
 TOP_FRACTION = inspect.signature(metrics.dice_iou_many).parameters["top"].default
 
 
-def public_provenance(p: dict) -> dict:
+def public_provenance(p: Provenance) -> Provenance:
     """A model's provenance as clients see it: the checkpoint's file name and origin, never its path here."""
-    out = {k: v for k, v in p.items() if k != "checkpoint_path"}
-    out["checkpoint_file"] = Path(p["checkpoint_path"]).name if p.get("checkpoint_path") else None
-    return out
+    return dataclasses.replace(p, checkpoint_path=p.checkpoint_file)
 
 
 def public_name(name: str) -> str:
@@ -47,11 +46,11 @@ def provenance_text(c: Comparison) -> str:
     """One line naming each checkpoint (file name, origin, sha256 prefix) and the device."""
     parts = []
     for v, o in c.outputs.items():
-        p = public_provenance(o.provenance)
-        sha = (p.get("checkpoint_sha256") or "")[:12]
-        name = p["checkpoint_file"] or "in-memory weights"
-        parts.append(f"{VARIANT_TITLES[v]} `{name}` ({p.get('checkpoint_origin') or 'given'}, sha256 `{sha}`)")
-    dev = next(iter(c.outputs.values())).provenance.get("device", "?")
+        p = o.provenance
+        sha = (p.checkpoint_sha256 or "")[:12]
+        name = p.checkpoint_file or "in-memory weights"
+        parts.append(f"{VARIANT_TITLES[v]} `{name}` ({p.checkpoint_origin or 'given'}, sha256 `{sha}`)")
+    dev = next(iter(c.outputs.values())).provenance.device
     return f"**Checkpoints:** {' · '.join(parts)} · **computed on** `{dev}`"
 
 
@@ -77,9 +76,9 @@ def score_rows(c: Comparison) -> list[list[str]]:
     for v, o in c.outputs.items():
         for m in MAPS:
             sc = o.scores[m]
-            rows.append([VARIANT_TITLES[v], MAP_TITLES[m], _fmt(sc["spearman"]),
-                         _fmt(c.delta(m)) if v == "dcls" else "", _fmt(sc["ceiling"]), _fmt(sc["dice"], False),
-                         _fmt(sc["iou"], False)])
+            rows.append([VARIANT_TITLES[v], MAP_TITLES[m], _fmt(sc.spearman),
+                         _fmt(c.delta(m)) if v == "dcls" else "", _fmt(sc.ceiling), _fmt(sc.dice, False),
+                         _fmt(sc.iou, False)])
     return rows
 
 
@@ -93,13 +92,13 @@ def top5_rows(c: Comparison, names) -> list[list[str]]:
 
 
 def rho_text(c: Comparison, variant: str, m: str) -> str:
-    return f"**{render.fmt_rho(c.outputs[variant].scores[m]['spearman'], c.human is not None)}**"
+    return f"**{render.fmt_rho(c.outputs[variant].scores[m].spearman, c.human is not None)}**"
 
 
 def column_head(c: Comparison, variant: str, names) -> str:
     o = c.outputs[variant]
     (c1, p1) = o.top5[0]
-    arch = o.provenance["id"].split(".")[0]
+    arch = o.provenance.arch
     return (f"### {VARIANT_TITLES[variant]} · `{arch}`\nexplains **{labels.short_name(o.target, names)}** · top-1 "
             f"{labels.short_name(c1, names)} ({p1:.2f})")
 
