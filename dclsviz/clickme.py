@@ -239,6 +239,7 @@ class ClickMeRecord:
 
     @property
     def where(self) -> str:
+        """The record's place, for messages: shard, index and byte offset."""
         return f"{self.shard} record {self.index} (byte offset {self.offset})"
 
     def image_u8(self) -> np.ndarray:

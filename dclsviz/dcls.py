@@ -101,6 +101,7 @@ def apply_recipe(model: nn.Module, recipe: DclsRecipe, init: bool = True) -> lis
 
 
 def dcls_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Every live ``Dcls2d`` of ``model``, as ``(name, module)``."""
     from DCLS.construct.modules import Dcls2d
 
     return [(n, m) for n, m in model.named_modules() if isinstance(m, Dcls2d)]

@@ -63,6 +63,7 @@ class EvaluationError(ValueError):
 
 @dataclass(frozen=True)
 class Item:
+    """One record of a run: the shard's file name and the record's index in it."""
     shard: str  # the shard's file name: the key in per_image.csv, stable when the data folder moves
     index: int
 
@@ -84,6 +85,7 @@ def resolve_shards(paths: Sequence[os.PathLike]) -> list[Path]:
 
 
 def open_shards(paths: Sequence[Path]) -> dict[str, clickme.ClickMeShard]:
+    """The shards by file name; two shards with one file name are an error (rows are keyed by it)."""
     shards: dict[str, clickme.ClickMeShard] = {}
     for p in paths:
         if p.name in shards:
@@ -118,6 +120,7 @@ def _cell(v) -> str:
 
 
 def parse_float(s: str) -> Optional[float]:
+    """A CSV cell as a float; the empty cell is None (undefined)."""
     return None if s == "" else float(s)
 
 
@@ -221,6 +224,7 @@ class ResultStore:
         return f"{self.path}: " + "; ".join(notes) if notes else None
 
     def done(self, arch: str, variant: str) -> set[Item]:
+        """The items that already have a row for ``arch``'s ``variant``."""
         return {Item(k[2], k[3]) for k in self.rows if k[0] == arch and k[1] == variant}
 
     def __enter__(self) -> "ResultStore":
@@ -242,6 +246,7 @@ class ResultStore:
         os.fsync(self._file.fileno())
 
     def append(self, rows: list[dict]) -> None:
+        """Write ``rows`` at the end of the file (whole lines, flushed) and keep them in ``self.rows``."""
         self._write([row_cells(r) for r in rows])
         for r in rows:
             self.rows[tuple(r[k] for k in KEY)] = {c: (_cell(r[c]) if c != "index" else r[c]) for c in COLUMNS}
@@ -334,9 +339,11 @@ class RunRecord:
 
     @property
     def checkpoints(self) -> dict:
+        """Model id → the sha256 of the checkpoint its rows were computed with."""
         return self.data["checkpoints"]
 
     def check_checkpoint(self, model_id: str, sha256: Optional[str]) -> None:
+        """Record ``model_id``'s checkpoint; refuse one that differs from the checkpoint of its existing rows."""
         old = self.checkpoints.get(model_id)
         if old is not None and sha256 is not None and old != sha256:
             raise EvaluationError(f"{model_id}: the rows in {self.path.parent} come from checkpoint {old[:12]}…, "
@@ -346,6 +353,7 @@ class RunRecord:
             write_json(self.path, self.data)
 
     def save(self) -> None:
+        """Write run.json atomically."""
         write_json(self.path, self.data)
 
 
