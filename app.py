@@ -1,7 +1,8 @@
 """Start the dclsviz app: ``python app.py`` (Hugging Face Spaces runs the same file).
 
 Host and port come from DCLSVIZ_HOST / DCLSVIZ_PORT, else GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (what
-Spaces sets), else 127.0.0.1:7860. Everything else is in ``dclsviz.ui``.
+Spaces sets), else 127.0.0.1:7860. ``--pairs DIR`` (or DCLSVIZ_PAIRS) adds the pair files of a folder to the
+model choices. Everything else is in ``dclsviz.ui``.
 """
 
 from __future__ import annotations
@@ -24,11 +25,21 @@ def parse_args(argv=None, env: Optional[Mapping[str, str]] = None) -> argparse.N
                    help="a folder holding the published checkpoint files (default: $DCLSVIZ_CHECKPOINT_DIR)")
     p.add_argument("--offline", action="store_true", help="never download checkpoints (also DCLSVIZ_OFFLINE=1)")
     p.add_argument("--default-arch", help="the model pair selected at start (also DCLSVIZ_DEFAULT_ARCH)")
+    p.add_argument("--pairs", type=Path, default=Path(env["DCLSVIZ_PAIRS"]) if env.get("DCLSVIZ_PAIRS") else None,
+                   help="a folder of pair files (*.toml): each adds its pair to the models (also DCLSVIZ_PAIRS)")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.pairs is not None:
+        from dclsviz import pairs
+
+        try:
+            # before the UI is built: the registry is extended once, before anything reads it
+            pairs.install_folder(args.pairs)
+        except pairs.PairError as e:
+            raise SystemExit(f"--pairs: {e}") from None
     from dclsviz import ui
     from dclsviz.ui import service
 

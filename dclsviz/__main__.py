@@ -1,4 +1,4 @@
-"""Command line: ``python -m dclsviz {explain,models,evaluate,review,demo}``. Argument parsing only; the work is in
+"""Command line: ``python -m dclsviz {explain,models,evaluate,review,demo,pair}``. Argument parsing only; the work is in
 the core."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from .files import write_json
 
 DESCRIPTION = ("Grad-CAM and Threshold-Grad-CAM of baseline and DCLS models against ClickMe human attention: explain "
                "one image, list the models, evaluate on ClickMe shards, administer review sessions, train the demo "
-               "pair.")
+               "pair, check a pair file of your own.")
 
 
 def _progress_bar(desc: str):
@@ -75,19 +75,33 @@ def _load_model(args, entry):
         return load(entry, args.checkpoint, checkpoint_dir=args.checkpoint_dir, device=args.device,
                     progress=_progress_bar(entry.checkpoint.file_name))
     except checkpoints.CheckpointError as e:
-        offline = isinstance(e, checkpoints.CheckpointUnavailable) and args.arch != "demo"
+        offline = isinstance(e, checkpoints.CheckpointUnavailable) and entry.arch != "demo"
         offer = " Offline? The bundled demo pair works anywhere: --arch demo." if offline else ""
         raise ValueError(f"{e}{offer}") from None
 
 
+def _explained_entry(args):
+    """The entry ``explain`` runs: ``--arch``'s from the registry, or one of the pair file ``--pair``."""
+    from . import pairs, zoo
+
+    if args.pair is None:
+        if not args.arch:
+            raise ValueError("give --arch NAME (see `python -m dclsviz models`) or --pair FILE")
+        return zoo.get(args.arch, args.variant)
+    baseline, twin = pairs.load_file(args.pair)
+    if args.arch and args.arch != baseline.arch:
+        raise ValueError(f"--arch {args.arch} is not the pair of {args.pair} ({baseline.arch}); give one of them")
+    return {"baseline": baseline, "dcls": twin}[args.variant]
+
+
 def cmd_explain(args) -> int:
     """One model on one input: the maps as .npy, and result.json, the app's manifest for that one model."""
-    from . import human, images, runtime, zoo
+    from . import human, images, runtime
     from .compare import MAPS, Comparison, explain_batch
     from .labels import class_index
 
     runtime.start(args.device)
-    entry = zoo.get(args.arch, args.variant)
+    entry = _explained_entry(args)
     human_raw = images.load_map(args.human) if args.human else None
     sample = _sample(args)
     if human_raw is not None:  # a user's map replaces the record's own
@@ -129,8 +143,52 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_pair_check(args) -> int:
+    """``pair check FILE``: validate a pair file, load both checkpoints strictly, run one comparison, report."""
+    from . import pairs, runtime
+
+    runtime.start(args.device)
+    result = pairs.check(args.file, checkpoint_dir=args.checkpoint_dir, download=not args.no_download,
+                         device=args.device, image=args.image)
+    print("\n".join(result.lines()))
+    return 0
+
+
+def cmd_pair_export(args) -> int:
+    """``pair export ARCH``: a registered pair written as a pair file (stdout, or --out FILE)."""
+    from . import pairs
+
+    if args.out is None:
+        print(pairs.export(args.arch), end="")
+        return 0
+    text = pairs.export(args.arch, base=args.out.resolve().parent)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text, encoding="utf-8")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _add_pair(sub) -> None:
+    """The ``pair`` sub-command: ``check FILE`` and ``export ARCH``."""
+    p = sub.add_parser("pair", help="pair files: check one of your own, or export a built-in pair as one")
+    jobs = p.add_subparsers(dest="pair_command", required=True)
+    c = jobs.add_parser("check", help="validate a pair file, load both checkpoints strictly and compare once",
+                        description="Validate a pair file (every wrong field is named), build both models, load "
+                                    "both checkpoints strictly, run one comparison and print what was found.")
+    c.add_argument("file", type=Path, help="the pair file (TOML)")
+    c.add_argument("--checkpoint-dir", type=Path, help="a folder holding the checkpoint files by their file_name")
+    c.add_argument("--no-download", action="store_true", help="fail instead of downloading a checkpoint")
+    c.add_argument("--image", type=Path, help="the image to compare on (default: an example photo)")
+    c.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
+    c.set_defaults(func=cmd_pair_check)
+    x = jobs.add_parser("export", help="write a registered pair (e.g. a study pair) as a pair file")
+    x.add_argument("arch", help="the pair's architecture name (see `python -m dclsviz models`)")
+    x.add_argument("--out", type=Path, help="the file to write (default: print it)")
+    x.set_defaults(func=cmd_pair_export)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The CLI's argument parser, one sub-command per job (explain, models, evaluate, review, demo)."""
+    """The CLI's argument parser, one sub-command per job (explain, models, evaluate, review, demo, pair)."""
     from .cam import DEFAULT_THRESHOLD
     from . import limits
     from .geometry import GEOMETRIES
@@ -144,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--clickme", metavar="SHARD:INDEX", help="a record of a ClickMe-format shard")
     e.add_argument("--input-tensor", type=Path,
                    help="an already-normalised (1,3,H,W) or (3,H,W) .npy, H, W >= 16 (no preprocessing)")
-    e.add_argument("--arch", required=True)
+    e.add_argument("--arch", help="a registered architecture (see `python -m dclsviz models`)")
+    e.add_argument("--pair", type=Path, help="a pair file (TOML) of your own, instead of --arch")
     e.add_argument("--variant", choices=VARIANTS, default="dcls")
     e.add_argument("--checkpoint", type=Path, help="a checkpoint file to use instead of the zoo's")
     e.add_argument("--checkpoint-dir", type=Path, help="a folder holding the published checkpoint files")
@@ -179,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = d.add_subparsers(dest="demo_command", required=True).add_parser(
         "train", help=demo_train.DESCRIPTION, description=demo_train.DESCRIPTION)
     demo_train.add_arguments(t).set_defaults(func=demo_train.run)
+    _add_pair(sub)
     return p
 
 

@@ -1,6 +1,7 @@
 """Finding, fetching and safely reading checkpoint files, and mapping their keys onto timm models.
 
-Resolution order for a zoo entry: an explicit path; ``DCLSVIZ_CHECKPOINT_DIR`` (or the CLI's
+Resolution order for a zoo entry: an explicit path; a pair file's own ``path`` (then nothing else);
+``DCLSVIZ_CHECKPOINT_DIR`` (or the CLI's
 ``--checkpoint-dir``) holding the published file name; our cache; torch.hub's cache, where the
 paper's own code leaves the files; huggingface_hub's cache for hub-hosted weights; and only then a download
 from the paper's URLs.
@@ -49,7 +50,8 @@ class CheckpointNotFinite(CheckpointError):
 class ResolvedCheckpoint:
     """A checkpoint file found for an entry: where, how it was found (``origin``) and its sha256."""
     path: Path
-    origin: str  # "explicit", "bundled", "checkpoint-dir", "cache", "torch-hub", "huggingface-cache", "downloaded"
+    # "explicit", "bundled", "pair-file", "checkpoint-dir", "cache", "torch-hub", "huggingface-cache", "downloaded"
+    origin: str
     sha256: str
 
 
@@ -72,33 +74,52 @@ HF_PREFIX = "hf-hub:"
 HF_FILE = "model.safetensors"
 
 
-def _hf_repos(entry: ModelEntry) -> list[str]:
-    return [u[len(HF_PREFIX):] for u in entry.checkpoint.urls if u.startswith(HF_PREFIX)]
+def hf_spec(url: str) -> tuple[str, str]:
+    """``(repo, file)`` of an ``hf-hub:`` source: ``hf-hub:org/name`` is its ``model.safetensors``,
+    ``hf-hub:org/name/sub/file.pth`` that file of the repository."""
+    parts = url[len(HF_PREFIX):].split("/", 2)
+    return "/".join(parts[:2]), (parts[2] if len(parts) > 2 else HF_FILE)
 
 
-def _hf_cache_path(repo: str) -> Path:
+def _hf_files(entry: ModelEntry) -> list[tuple[str, str]]:
+    return [hf_spec(u) for u in entry.checkpoint.urls if u.startswith(HF_PREFIX)]
+
+
+def _hf_cache_path(repo: str, file: str = HF_FILE) -> Path:
     # beside our other checkpoints, under the repo's name: the hub file is not the published file_name
-    return cache_dir() / "hf" / repo.replace("/", "--") / HF_FILE
+    return cache_dir() / "hf" / repo.replace("/", "--") / file
 
 
-def _hf_hub_cached(repo: str) -> Optional[Path]:
+def _hf_hub_cached(repo: str, file: str = HF_FILE) -> Optional[Path]:
     """The file in huggingface_hub's own cache, where timm leaves it, without any network access."""
     try:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:
         return None
-    hit = try_to_load_from_cache(repo, HF_FILE)
+    hit = try_to_load_from_cache(repo, file)
     return Path(hit) if isinstance(hit, str) else None
 
 
-def hf_resolve_url(repo: str) -> str:
-    """The download URL of a Hugging Face repository's weights file (honours $HF_ENDPOINT)."""
+def hf_resolve_url(repo: str, file: str = HF_FILE) -> str:
+    """The download URL of a file of a Hugging Face repository, its weights by default (honours $HF_ENDPOINT)."""
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
-    return f"{endpoint}/{repo}/resolve/main/{HF_FILE}"
+    return f"{endpoint}/{repo}/resolve/main/{file}"
+
+
+def pair_field(entry: ModelEntry, name: str) -> str:
+    """`` (field F in FILE)`` for an entry read from a pair file, naming what to fix there; else empty."""
+    if not entry.pair_file:
+        return ""
+    return f" (check {name} in {Path(entry.pair_file).name})"
 
 
 def local_candidates(entry: ModelEntry, checkpoint_dir: Optional[Path] = None) -> list[tuple[str, Path]]:
-    """Every ``(origin, path)`` where a local copy of ``entry``'s checkpoint may lie, in the order searched."""
+    """Every ``(origin, path)`` where a local copy of ``entry``'s checkpoint may lie, in the order searched.
+
+    A pair file that names its checkpoint's ``path`` has that one place only.
+    """
+    if entry.checkpoint.path:
+        return [("pair-file", Path(entry.checkpoint.path))]
     name = entry.checkpoint.file_name
     found = []
     for origin, folder in (("checkpoint-dir", checkpoint_dir or checkpoint_dir_from_env()),
@@ -106,9 +127,9 @@ def local_candidates(entry: ModelEntry, checkpoint_dir: Optional[Path] = None) -
         if folder is not None:
             found.append((origin, Path(folder) / name))
     found.append(("torch-hub", _torch_hub_path(entry)))
-    for repo in _hf_repos(entry):
-        found.append(("cache", _hf_cache_path(repo)))
-        hub = _hf_hub_cached(repo)
+    for repo, file in _hf_files(entry):
+        found.append(("cache", _hf_cache_path(repo, file)))
+        hub = _hf_hub_cached(repo, file)
         if hub is not None:
             found.append(("huggingface-cache", hub))
     return found
@@ -124,24 +145,29 @@ def find_local(entry: ModelEntry, checkpoint_dir: Optional[Path] = None) -> Opti
 
 def how_to_get(entry: ModelEntry) -> str:
     """A sentence telling a user where to download ``entry``'s checkpoint and where to put it."""
+    if entry.checkpoint.path:
+        return (f"{entry.id} reads its checkpoint from {entry.checkpoint.path}"
+                f"{pair_field(entry, f'{entry.variant}.checkpoint.path')}.")
     urls = ", ".join(u for u in entry.checkpoint.urls if not u.startswith(HF_PREFIX))
-    hub = "".join(f" (the same weights as safetensors: {hf_resolve_url(r)}, use it with --checkpoint PATH)"
-                  for r in _hf_repos(entry))
+    hub = "".join(f" (the same weights: {hf_resolve_url(r, f)}, use it with --checkpoint PATH)"
+                  for r, f in _hf_files(entry))
+    if not urls:
+        urls, hub = ", ".join(hf_resolve_url(r, f) for r, f in _hf_files(entry)), ""
     # names the cache by its setting, not its path: this text is also shown to the app's clients
     return (f"{entry.id} needs {entry.checkpoint.file_name}: download it from {urls}{hub} and put it in "
             f"$DCLSVIZ_CACHE/checkpoints (default ~/.cache/dclsviz/checkpoints) or in a folder named by "
             f"--checkpoint-dir / DCLSVIZ_CHECKPOINT_DIR, or pass --checkpoint PATH.")
 
 
-def _fetch_from(url: str, dest: Path, progress: Optional[Progress], timeout) -> Path:
+def _fetch_from(url: str, dest: Path, progress: Optional[Progress], timeout, expected_sha256=None) -> Path:
     if url.startswith(HF_PREFIX):
         # Our own fetch rather than hf_hub_download: the same timeouts, resume and progress as every other
         # file, and no retry loop that keeps an offline user waiting for half a minute.
-        repo = url[len(HF_PREFIX):]
+        repo, file = hf_spec(url)
         if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
             raise DownloadError(f"{url}: HF_HUB_OFFLINE is set")
-        url, dest = hf_resolve_url(repo), _hf_cache_path(repo)
-    return fetch(url, dest, progress=progress, timeout=timeout)
+        url, dest = hf_resolve_url(repo, file), _hf_cache_path(repo, file)
+    return fetch(url, dest, progress=progress, timeout=timeout, expected_sha256=expected_sha256)
 
 
 HASHES_NAME = "sha256.json"
@@ -185,7 +211,12 @@ def checkpoint_sha256(path: Path) -> str:
 def resolve(entry: ModelEntry, path: Optional[Path] = None, *, checkpoint_dir: Optional[Path] = None,
             download: bool = True, progress: Optional[Progress] = None,
             timeout=FETCH_TIMEOUT) -> ResolvedCheckpoint:
-    """Find (or fetch) the checkpoint file for ``entry``."""
+    """Find (or fetch) the checkpoint file for ``entry``.
+
+    Raises:
+        CheckpointUnavailable: no copy here and none can be downloaded.
+        CheckpointMismatch: the entry gives a sha256 and the file found has another.
+    """
     if path is not None:
         path = Path(path).expanduser()
         if not path.is_file():
@@ -200,17 +231,31 @@ def resolve(entry: ModelEntry, path: Optional[Path] = None, *, checkpoint_dir: O
     local = find_local(entry, checkpoint_dir)
     if local is not None:
         origin, p = local
-        return ResolvedCheckpoint(p, origin, checkpoint_sha256(p))
+        return _verified(entry, ResolvedCheckpoint(p, origin, checkpoint_sha256(p)))
+    if entry.checkpoint.path:
+        raise CheckpointUnavailable(f"checkpoint file not found: {entry.checkpoint.path}"
+                                    f"{pair_field(entry, f'{entry.variant}.checkpoint.path')}")
     if not download:
         raise CheckpointUnavailable(f"not cached. {how_to_get(entry)}")
     errors = []
     for url in entry.checkpoint.urls:
         try:
-            p = _fetch_from(url, cache_dir() / entry.checkpoint.file_name, progress, timeout)
-            return ResolvedCheckpoint(p, "downloaded", sha256_file(p))
+            p = _fetch_from(url, cache_dir() / entry.checkpoint.file_name, progress, timeout,
+                            entry.checkpoint.sha256)
+            return _verified(entry, ResolvedCheckpoint(p, "downloaded", sha256_file(p)))
         except DownloadError as e:
             errors.append(str(e))
     raise CheckpointUnavailable(f"download failed ({'; '.join(errors)}). {how_to_get(entry)}")
+
+
+def _verified(entry: ModelEntry, found: ResolvedCheckpoint) -> ResolvedCheckpoint:
+    """``found``, when its sha256 is the one the entry expects (or the entry expects none)."""
+    want = entry.checkpoint.sha256
+    if want and found.sha256 != want.lower():
+        raise CheckpointMismatch(
+            f"{entry.id}: {found.path.name} ({found.origin}) has sha256 {found.sha256}, not the expected {want}"
+            f"{pair_field(entry, f'{entry.variant}.checkpoint.sha256')}; is it the right file?")
+    return found
 
 
 def read_file(path: Path) -> object:
@@ -246,10 +291,12 @@ def unwrap(obj: object, entry: ModelEntry) -> Mapping[str, torch.Tensor]:
         if not isinstance(obj, Mapping) or key not in obj:
             have = ", ".join(map(str, obj.keys())) if isinstance(obj, Mapping) else type(obj).__name__
             raise CheckpointMismatch(f"{entry.id}: the file has no {key!r} entry (it holds: {have[:300]}); "
-                                     f"is it the right checkpoint?")
+                                     f"is it the right checkpoint?"
+                                     f"{pair_field(entry, f'{entry.variant}.checkpoint.container_key')}")
         obj = obj[key]
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointMismatch(f"{entry.id}: the file does not hold a state dict where expected")
+        raise CheckpointMismatch(f"{entry.id}: the file does not hold a state dict where expected"
+                                 f"{pair_field(entry, f'{entry.variant}.checkpoint.container_key')}")
     return obj
 
 
@@ -269,15 +316,56 @@ KEY_FILTERS: dict[str, Callable[[Mapping[str, torch.Tensor], nn.Module], Mapping
     "fastvit": _timm_filter("fastvit"),
     "resnet": lambda sd, model: sd,
     "demo": lambda sd, model: sd,
+    "timm": lambda sd, model: sd,  # a pair file's checkpoint already in timm's names
 }
+TIMM_FILTER_PREFIX = "timm:"  # a family "timm:MODULE" is timm.models.MODULE's checkpoint_filter_fn
+
+
+def key_filter(family: str) -> Callable[[Mapping[str, torch.Tensor], nn.Module], Mapping[str, torch.Tensor]]:
+    """The key filter a family names: one of ``KEY_FILTERS``, or ``timm:MODULE`` for that timm module's own.
+
+    Raises:
+        ValueError: neither, or a timm module without a ``checkpoint_filter_fn``.
+    """
+    if family in KEY_FILTERS:
+        return KEY_FILTERS[family]
+    if family.startswith(TIMM_FILTER_PREFIX):
+        import importlib
+
+        module = family[len(TIMM_FILTER_PREFIX):]
+        try:
+            found = callable(getattr(importlib.import_module(f"timm.models.{module}"), "checkpoint_filter_fn", None))
+        except ImportError:
+            found = False
+        if found:
+            return _timm_filter(module)
+        raise ValueError(f"timm has no module timm.models.{module} with a checkpoint_filter_fn")
+    raise ValueError(f"unknown key filter {family!r}; choose one of {', '.join(KEY_FILTERS)} or "
+                     f"{TIMM_FILTER_PREFIX}MODULE (a timm.models module's checkpoint_filter_fn)")
+
+
+def _renamed(sd: Mapping[str, torch.Tensor], entry: ModelEntry) -> Mapping[str, torch.Tensor]:
+    """``sd`` without the checkpoint's ``drop`` prefixes, its ``renames`` applied (the first fitting one)."""
+    c = entry.checkpoint
+    if not c.drop and not c.renames:
+        return sd
+    out = {}
+    for k, v in sd.items():
+        if any(k.startswith(d) for d in c.drop):
+            continue
+        old, new = next(((o, n) for o, n in c.renames if k.startswith(o)), ("", ""))
+        out[new + k[len(old):]] = v
+    return out
 
 
 def map_keys(sd: Mapping[str, torch.Tensor], entry: ModelEntry, model: nn.Module) -> Mapping[str, torch.Tensor]:
-    """``sd`` renamed into timm's key names by the family's filter function (timm's ``checkpoint_filter_fn`` habit)."""
+    """``sd`` renamed into timm's key names: the entry's own drop and renames, then the family's filter function
+    (timm's ``checkpoint_filter_fn`` habit)."""
     try:
-        return KEY_FILTERS[entry.family](sd, model)
+        return key_filter(entry.family)(_renamed(sd, entry), model)
     except KeyError as e:
-        raise CheckpointMismatch(f"{entry.id}: unexpected key {e} in the checkpoint; is it the right file?") from e
+        raise CheckpointMismatch(f"{entry.id}: unexpected key {e} in the checkpoint; is it the right file?"
+                                 f"{pair_field(entry, 'family and ' + entry.variant + '.checkpoint.rename')}") from e
 
 
 def load_into(model: nn.Module, sd: Mapping[str, torch.Tensor], entry: ModelEntry) -> None:
@@ -295,5 +383,13 @@ def load_into(model: nn.Module, sd: Mapping[str, torch.Tensor], entry: ModelEntr
             return f"{len(xs)} ({', '.join(xs[:5])}{', ...' if len(xs) > 5 else ''})"
         raise CheckpointMismatch(
             f"the checkpoint does not fit {entry.id}: missing {show(missing)}, unexpected {show(unexpected)}, "
-            f"wrong shape {show(misshapen)}. Is it the {entry.variant} checkpoint of {entry.arch}?")
+            f"wrong shape {show(misshapen)}. Is it the {entry.variant} checkpoint of {entry.arch}?"
+            f"{_fit_hint(entry)}")
     model.load_state_dict(mapped, strict=True)
+
+
+def _fit_hint(entry: ModelEntry) -> str:
+    """What in a pair file decides which keys and shapes the model expects."""
+    recipe = f", {entry.variant}.recipe" if entry.dcls is not None else ""
+    return pair_field(entry, f"timm_name, timm_kwargs, num_classes{recipe}, family and "
+                             f"{entry.variant}.checkpoint (container_key, rename, drop)")

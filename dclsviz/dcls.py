@@ -13,12 +13,13 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 from typing import Callable, NamedTuple, Optional, Sequence
 
 import torch
 from torch import nn
 
-from .zoo import CONV_3X3, DEPTHWISE, DEPTHWISE_7X7, DEPTHWISE_SQUARE, DclsRecipe
+from .zoo import CONV_3X3, DEPTHWISE, DEPTHWISE_7X7, DEPTHWISE_SQUARE, NAME_PATTERN, DclsRecipe
 
 
 def _depthwise(c: nn.Conv2d) -> bool:
@@ -30,7 +31,27 @@ RULES: dict[str, Callable[[nn.Conv2d], bool]] = {
     DEPTHWISE_SQUARE: lambda c: _depthwise(c) and c.in_channels == c.out_channels,
     DEPTHWISE_7X7: lambda c: _depthwise(c) and c.in_channels == c.out_channels and c.kernel_size == (7, 7),
     CONV_3X3: lambda c: c.kernel_size == (3, 3),
+    NAME_PATTERN: lambda c: True,  # the recipe's pattern selects
 }
+
+
+def select(model: nn.Module, recipe: DclsRecipe) -> list[tuple[str, nn.Conv2d]]:
+    """The convolutions ``recipe`` replaces, as ``(name, module)`` in module order.
+
+    Raises:
+        ValueError: an unknown rule, a pattern that is not a regular expression, or the rule ``pattern``
+            without one.
+    """
+    if recipe.rule not in RULES:
+        raise ValueError(f"unknown DCLS rule {recipe.rule!r}; choose one of {', '.join(RULES)}")
+    if recipe.rule == NAME_PATTERN and not recipe.pattern:
+        raise ValueError(f"the DCLS rule {NAME_PATTERN!r} needs a pattern")
+    try:
+        name_ok = re.compile(recipe.pattern).fullmatch if recipe.pattern else (lambda n: True)
+    except re.error as e:
+        raise ValueError(f"the DCLS pattern {recipe.pattern!r} is not a regular expression ({e})") from None
+    rule = RULES[recipe.rule]
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and rule(m) and name_ok(n)]
 
 
 class _FallbackNotice(logging.Filter):
@@ -73,17 +94,19 @@ def apply_recipe(model: nn.Module, recipe: DclsRecipe, init: bool = True) -> lis
     """Replace every conv the recipe's rule selects by a ``Dcls2d``; return the replaced names.
 
     Consecutive replaced layers with the same position shape share one ``P`` parameter, as the
-    paper's helpers do (one P per stage; a new one whenever the channel count changes).
+    paper's helpers do (one P per stage; a new one whenever the channel count changes), unless the
+    recipe's ``share_positions`` is ``layer``.
     ``init=False`` skips DCLS's random initialisation: weights, positions and biases are then
     uninitialised memory, for a caller that loads every one of them strictly right after.
     """
     from DCLS.construct.modules import Dcls2d
 
     make = _dcls2d_class(init)
-    rule = RULES[recipe.rule]
-    targets = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and rule(m)]
+    targets = select(model, recipe)
     if not targets:
-        raise ValueError(f"DCLS rule {recipe.rule!r} selects no convolution in {type(model).__name__}")
+        restricted = f" with the pattern {recipe.pattern!r}" if recipe.pattern else ""
+        raise ValueError(f"DCLS rule {recipe.rule!r}{restricted} selects no convolution in {type(model).__name__}")
+    share = recipe.share_positions == "stage"
     dks = recipe.dilated_kernel_size
     shared_p = None
     logging.root.addFilter(_FALLBACK_NOTICE)  # once: addFilter ignores a filter already there
@@ -93,7 +116,7 @@ def apply_recipe(model: nn.Module, recipe: DclsRecipe, init: bool = True) -> lis
                      groups=conv.groups, bias=conv.bias is not None, version=recipe.version,
                      use_implicit_gemm=False)
         layer.__class__ = Dcls2d  # the very class the checkpoint's layers were, whichever way it was built
-        if shared_p is not None and shared_p.shape == layer.P.shape:
+        if share and shared_p is not None and shared_p.shape == layer.P.shape:
             layer.P = shared_p
         shared_p = layer.P
         _set_module(model, name, layer)

@@ -17,12 +17,20 @@ VARIANTS = ("baseline", "dcls")
 
 @dataclass(frozen=True, kw_only=True)
 class DclsRecipe:
-    """Which convolutions become ``Dcls2d`` and how (see ``dcls.RULES`` for the rules)."""
+    """Which convolutions become ``Dcls2d`` and how (see ``dcls.RULES`` for the rules).
+
+    ``pattern``, a regular expression, further restricts the rule to the convolutions whose module name it
+    matches in full (the rule ``pattern`` selects every convolution it matches). ``share_positions``: ``stage``
+    shares one ``P`` between consecutive replaced layers of equal shape, as the paper's helpers do; ``layer``
+    gives each layer its own.
+    """
 
     rule: str
     dilated_kernel_size: int
     kernel_count: int
     version: str  # "v0" (bilinear interpolation) or "v1" (normalised triangle)
+    pattern: Optional[str] = None
+    share_positions: str = "stage"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,8 +49,12 @@ class CheckpointSource:
     """Where the paper's code fetched a checkpoint and how the file is packed.
 
     ``urls`` are tried in order; an ``hf-hub:org/name`` entry means the ``model.safetensors`` of
-    that Hugging Face repository. ``container_key`` is the entry holding the weights (None: the file
-    is the state dict). ``naming`` names the key scheme, mapped to timm by the family's filter.
+    that Hugging Face repository and ``hf-hub:org/name/sub/file.pth`` another file of it. ``container_key`` is
+    the entry holding the weights (None: the file is the state dict). ``naming`` names the key scheme, mapped to
+    timm by the family's filter. ``sha256``, when given, must be the file's. ``path`` is a local file (a pair
+    file's checkpoint), used before any cache or URL. ``renames`` are ``(old prefix, new prefix)`` applied to
+    the keys before the family's filter (the first that fits a key wins), and keys starting with one of ``drop``
+    are discarded first.
     """
 
     urls: tuple[str, ...]
@@ -51,6 +63,9 @@ class CheckpointSource:
     naming: str
     sha256: Optional[str] = None
     bundled: Optional[str] = None  # a file shipped in assets/ (the demo pair), relative to assets/
+    path: Optional[str] = None
+    renames: tuple[tuple[str, str], ...] = ()
+    drop: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,6 +89,7 @@ class ModelEntry:
     class_names: Optional[tuple[str, ...]] = None  # None: ImageNet-1k
     channels_last: bool = True  # large depthwise kernels run much faster in NHWC on CPU and GPU
     notes: str = ""
+    pair_file: Optional[str] = None  # the pair file (TOML) the entry was read from; None for a built-in entry
 
     @property
     def id(self) -> str:
@@ -95,3 +111,5 @@ DEPTHWISE = "depthwise"  # ConvNeXt: groups == in_channels
 DEPTHWISE_SQUARE = "depthwise_square"  # MetaFormer: groups == in == out
 DEPTHWISE_7X7 = "depthwise_7x7"  # FastViT: groups == in == out and a 7x7 kernel
 CONV_3X3 = "conv_3x3"  # ResNet: every 3x3 conv
+NAME_PATTERN = "pattern"  # every conv whose module name the recipe's pattern matches
+SHARE_POSITIONS = ("stage", "layer")

@@ -29,9 +29,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                                                "paired statistics, Figure 2 and Table 1",
                               description="Score models against ClickMe human maps, resumably, and write the "
                                           "study's Table 1 and Figure 2.")
-    which = p.add_mutually_exclusive_group(required=True)
+    which = p.add_mutually_exclusive_group()
     which.add_argument("--arch", help="architecture(s), comma-separated (see `python -m dclsviz models`)")
     which.add_argument("--all", action="store_true", help="the study's 8 architectures")
+    p.add_argument("--pair", type=Path, action="append", default=[], metavar="FILE",
+                   help="a pair file (TOML) of your own, repeatable: its pair is evaluated, besides those of "
+                        "--arch / --all")
     p.add_argument("--variants", default=",".join(zoo.VARIANTS), help="comma-separated (default: %(default)s)")
     data = p.add_mutually_exclusive_group(required=True)
     data.add_argument("--clickme", nargs="*", type=Path, metavar="PATH",
@@ -97,7 +100,14 @@ def paired_lines(paired: dict) -> list[str]:
 
 def _plan(args):
     """The architectures, variants, shards and records asked for, checked before any model is loaded."""
-    archs = list(zoo.PAPER_ARCHS) if args.all else [a.strip() for a in args.arch.split(",") if a.strip()]
+    from . import pairs
+
+    if not (args.arch or args.all or args.pair):
+        raise EvaluationError("give --arch NAMES, --all or --pair FILE")
+    # before anything reads the registry (every rank of a torchrun job installs the same files)
+    own = list(dict.fromkeys(e.arch for e in pairs.install_files(args.pair))) if args.pair else []
+    named = list(zoo.PAPER_ARCHS) if args.all else [a.strip() for a in (args.arch or "").split(",") if a.strip()]
+    archs = list(dict.fromkeys(named + own))
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     for a in archs:
         for v in variants:

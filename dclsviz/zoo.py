@@ -5,6 +5,8 @@ DCLS and with which numbers, where the paper fetched the file and how it is pack
 transform, the CAM layer) is data here, written in timm's ``_cfg`` style: keyword-only records
 (``entries.py``). Code elsewhere reads them and never branches on a model name. The registry is
 built once, at import, and is read-only: a second entry with an id already taken is an error.
+A program that serves pair files (``pairs.py``) extends it once, at start, with ``install``, before
+anything has read it; after that it never changes again.
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ from typing import Iterable, Mapping
 
 from . import demo
 from .entries import (ASSETS, CONV_3X3, DEPTHWISE, DEPTHWISE_7X7, DEPTHWISE_SQUARE, IMAGENET_MEAN,
-                      IMAGENET_STD, VARIANTS, CheckpointSource, DclsRecipe, ModelEntry, Transform)
+                      IMAGENET_STD, NAME_PATTERN, SHARE_POSITIONS, VARIANTS, CheckpointSource, DclsRecipe,
+                      ModelEntry, Transform)
 
 # the record types and constants are the registry's vocabulary: callers reach them as zoo.ModelEntry etc.
 __all__ = ["ASSETS", "CONV_3X3", "DEPTHWISE", "DEPTHWISE_7X7", "DEPTHWISE_SQUARE", "IMAGENET_MEAN", "IMAGENET_STD",
-           "VARIANTS", "CheckpointSource", "DclsRecipe", "ModelEntry", "Transform", "STUDY", "PAPER_ARCHS",
-           "REGISTRY", "build_registry", "get", "archs", "entries"]
+           "NAME_PATTERN", "SHARE_POSITIONS", "VARIANTS", "CheckpointSource", "DclsRecipe", "ModelEntry",
+           "Transform", "STUDY", "PAPER_ARCHS", "REGISTRY", "build_registry", "install", "get", "archs", "entries"]
 
 ZENODO_CONVNEXT = "https://zenodo.org/record/7112021/files/"
 ZENODO_STUDY = "https://zenodo.org/records/8370737/files/"
@@ -116,6 +119,38 @@ def build_registry(entries: Iterable[ModelEntry]) -> Mapping[str, ModelEntry]:
 STUDY: tuple[ModelEntry, ...] = (*_convnext(), *_metaformer(), *_fastvit(), *_resnet())
 PAPER_ARCHS: tuple[str, ...] = tuple(dict.fromkeys(m.arch for m in STUDY))
 REGISTRY: Mapping[str, ModelEntry] = build_registry([*STUDY, *demo.ENTRIES])
+# whether the registry has been read (get, archs, entries) and whether install has run: install once, first
+_read = False
+_installed = False
+
+
+class RegistryFrozen(RuntimeError):
+    """``install`` called a second time, or after the registry was read: it would change what was answered."""
+
+
+def install(extra: Iterable[ModelEntry]) -> None:
+    """Add ``extra`` (pair files' entries) after the built-in ones: once per process, before the first read.
+
+    Whatever read the registry earlier (a dropdown's choices, a validated ``--arch``) would disagree with a
+    registry extended afterwards, so that is refused instead.
+
+    Raises:
+        RegistryFrozen: install already ran, or ``get``/``archs``/``entries`` already answered.
+        ValueError: an extra entry's id is taken (a built-in's or another extra's), or its variant is unknown.
+    """
+    global REGISTRY, _installed
+    if _installed:
+        raise RegistryFrozen("the registry was already extended once in this process; install every pair at once")
+    if _read:
+        raise RegistryFrozen("the registry was already read in this process; install pairs before anything uses it")
+    REGISTRY = build_registry([*REGISTRY.values(), *extra])
+    _installed = True
+
+
+def _reading() -> Mapping[str, ModelEntry]:
+    global _read
+    _read = True
+    return REGISTRY
 
 
 def get(arch: str, variant: str) -> ModelEntry:
@@ -124,19 +159,20 @@ def get(arch: str, variant: str) -> ModelEntry:
     Raises:
         KeyError: with the valid choices, for an unknown variant or architecture.
     """
+    registry = _reading()
     if variant not in VARIANTS:
         raise KeyError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
     try:
-        return REGISTRY[f"{arch}.{variant}"]
+        return registry[f"{arch}.{variant}"]
     except KeyError:
         raise KeyError(f"unknown architecture {arch!r}; choose one of {', '.join(archs())}") from None
 
 
 def archs() -> list[str]:
     """Every registered architecture, study first, in registry order."""
-    return list(dict.fromkeys(m.arch for m in REGISTRY.values()))
+    return list(dict.fromkeys(m.arch for m in _reading().values()))
 
 
 def entries() -> list[ModelEntry]:
     """Every registered entry, in registry order."""
-    return list(REGISTRY.values())
+    return list(_reading().values())
