@@ -97,7 +97,9 @@ class _Table:
         """Note every field this table does not know: a misspelt field is an error, not silently ignored."""
         for key in self.data:
             if key not in self.seen:
-                close = difflib.get_close_matches(key, sorted(self.seen), 1)
+                # a known name inside the unknown one (crop_size: crop) before difflib's nearest spelling
+                close = sorted((k for k in self.seen if k in key or key in k), key=len, reverse=True)[:1] \
+                    or difflib.get_close_matches(key, sorted(self.seen), 1)
                 hint = f"; did you mean {close[0]!r}?" if close else f" (known: {', '.join(sorted(self.seen))})"
                 self.note(key, f"unknown field{hint}")
 
