@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
 from . import zoo
+from .checkpoints import HF_FILE, HF_PREFIX, hf_spec
 from .entries import (ASSETS, IMAGENET_MEAN, IMAGENET_STD, NAME_PATTERN, SHARE_POSITIONS, VARIANTS,
                       CheckpointSource, DclsRecipe, ModelEntry, Transform)
 
@@ -30,8 +31,6 @@ PAIRS_ENV = "DCLSVIZ_PAIRS"
 STUDY_PAIRS = ASSETS / "pairs"  # the study's 8 pairs as pair files, written by ``dumps`` from the registry
 ARCH_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 SHA256 = re.compile(r"[0-9a-fA-F]{64}")
-HF_PREFIX = "hf-hub:"
-HF_FILE = "model.safetensors"
 INTERPOLATIONS = ("nearest", "nearest-exact", "bilinear", "bicubic", "box", "hamming", "lanczos")
 RULE_NAMES = ("depthwise", "depthwise_square", "depthwise_7x7", "conv_3x3", NAME_PATTERN)
 MAX_CLASS_FILE_BYTES = 1_000_000
@@ -55,9 +54,11 @@ class _Table:
         self.data, self.seen = data, set()
 
     def where(self, key: str) -> str:
+        """The dotted name of ``key`` in the file."""
         return f"{self.name}.{key}" if self.name and key else (self.name or key)
 
     def note(self, key: str, problem: str) -> None:
+        """Record ``problem`` with the field ``key`` (empty: the table itself)."""
         self.problems.append(f"{self.where(key) or 'the file'}: {problem}")
 
     def take(self, key: str, kind: type | tuple, default: Any = ..., check=None) -> Any:
@@ -217,8 +218,7 @@ def default_file_name(path: Optional[str], urls: Sequence[str]) -> str:
         return Path(path).name
     first = urls[0] if urls else ""
     if first.startswith(HF_PREFIX):
-        parts = first[len(HF_PREFIX):].split("/", 2)
-        return Path(parts[2]).name if len(parts) > 2 else HF_FILE
+        return Path(hf_spec(first)[1]).name
     return first.rsplit("/", 1)[-1].split("?")[0]
 
 
@@ -548,8 +548,8 @@ def _checkpoint_lines(c: CheckpointSource, base: Optional[Path]) -> tuple[list[s
             path = Path(path).relative_to(base).as_posix()
         fields = [("path", path)]
     elif len(c.urls) == 1 and c.urls[0].startswith(HF_PREFIX):
-        parts = c.urls[0][len(HF_PREFIX):].split("/", 2)
-        fields = [("hf_repo", "/".join(parts[:2]))] + ([("hf_file", parts[2])] if len(parts) > 2 else [])
+        repo, file = hf_spec(c.urls[0])
+        fields = [("hf_repo", repo)] + ([("hf_file", file)] if file != HF_FILE else [])
     elif len(c.urls) == 1:
         fields = [("url", c.urls[0])]
     else:

@@ -386,3 +386,18 @@ def test_evaluate_takes_a_pair_file(tmp_path, cache):
     assert "\nmydemo " in r.stdout
     summary = (tmp_path / "run" / SUMMARY_NAME).read_text()
     assert '"mydemo.baseline"' in summary and '"mydemo.dcls"' in summary
+
+
+def test_the_readme_example_is_a_complete_pair_file(tmp_path):
+    text = (REPO_ROOT / "README.md").read_text().split("## Your own pair", 1)[1].split("```toml\n", 1)[1]
+    text = text.split("```", 1)[0].replace("3f5a…64 hex digits…", "ab" * 32)
+    (tmp_path / "classes.txt").write_text("\n".join(f"class {i}" for i in range(10)))
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "resnet50_dcls.pth").write_bytes(b"stand-in")
+    (tmp_path / "lab.toml").write_text(text)
+    baseline, twin = pairs.load_file(tmp_path / "lab.toml")
+    assert baseline.checkpoint.urls == ("hf-hub:my-lab/resnet50-baseline/weights/model.pth",)
+    assert baseline.checkpoint.renames == (("module.", ""),) and baseline.checkpoint.container_key == "state_dict_ema"
+    assert twin.dcls == zoo.DclsRecipe(rule="pattern", pattern=r"layer[1-4]\.\d+\.conv2", dilated_kernel_size=11,
+                                       kernel_count=9, version="v1", share_positions="layer")
+    assert len(pairs.check_structure(baseline, twin)) == 16 and twin.class_names[9] == "class 9"
