@@ -81,8 +81,8 @@ def _load_model(args, entry):
 
 
 def cmd_explain(args) -> int:
-    from . import human, images, zoo
-    from .compare import MAPS, explain_batch, versions
+    from . import human, images, render, zoo
+    from .compare import MAPS, Comparison, explain_batch, versions
     from .labels import class_index
 
     entry = zoo.get(args.arch, args.variant)
@@ -113,6 +113,9 @@ def cmd_explain(args) -> int:
               "dice": {m: out.scores[m]["dice"] for m in MAPS}, "iou": {m: out.scores[m]["iou"] for m in MAPS},
               "device": out.provenance["device"], "seconds": out.seconds, "versions": versions()}
     write_json(args.out / "result.json", result)
+    # the figure the app exports, drawn by the same function, with this one model's row
+    one = Comparison(sample, args.geometry, args.threshold, args.target, {entry.variant: out}, out.seconds)
+    (args.out / "panel.png").write_bytes(render.panel_png(one, names))
     rho = ", ".join(f"{m} {v:+.4f}" if v is not None else f"{m} undefined" for m, v in result["spearman"].items())
     print(f"{entry.id}: target {out.target} ({names[out.target]}); top-1 {names[out.top5[0][0]]} "
           f"{out.top5[0][1]:.3f}; Spearman: {rho if out.human is not None else 'no human map'}; wrote {args.out}")

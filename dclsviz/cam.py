@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .geometry import FRAME  # the frame in which maps are compared with human maps (one definition)
 from .models import LoadedModel
 
-FRAME = 224  # the frame in which maps are compared with human maps
 DEFAULT_THRESHOLD = 0.3
 
 # The capture of the call in progress in this thread/context. Hooks of concurrent calls on the same
