@@ -131,17 +131,23 @@ def _overlap_text(scores: dict) -> str:
     return f"Dice {fmt(scores.get('dice'))} · IoU {fmt(scores.get('iou'))}"
 
 
-def _panel_row(c: Comparison, v: str, o, class_names: Sequence[str], alpha: float, cmap: str) -> list:
-    img = c.frame_image()
-    title = VARIANT_TITLES.get(v, v)
-    top = o.top5[0]
-    caption = f"target {class_names[o.target]}\ntop-1 {class_names[top[0]]} ({top[1]:.2f})"
-    first = (_tile(overlay(img, o.human, alpha, cmap), f"{title}: human map", caption) if o.human is not None
-             else _tile(img, f"{title}: image", f"no human map\n{caption.splitlines()[0]}"))
-    return [first] + [_tile(overlay(img, o.maps[m], alpha, cmap),
-                            f"{title} {MAP_TITLES[m]}\n{fmt_rho(o.scores[m]['spearman'], o.human is not None)}",
-                            _overlap_text(o.scores[m]) if o.human is not None else "")
-                      for m in MAPS]
+def panel_texts(c: Comparison, class_names: Sequence[str]) -> dict:
+    """Every text of ``panel_png``: {"heading": str, variant: [(title, caption) of the human/image cell, then of
+    each map's cell]}. Names the input by its file name only: the figure leaves the server."""
+    arch = next(iter(c.outputs.values())).provenance["id"].split(".")[0]
+    out: dict = {"heading": f"{arch} · {public_name(c.sample.name) or 'upload'} · geometry {c.geometry} · "
+                            f"threshold {c.threshold:g}"}
+    for v, o in c.outputs.items():
+        title = VARIANT_TITLES.get(v, v)
+        top = o.top5[0]
+        target = f"target {class_names[o.target]}"
+        cells = [(f"{title}: human map", f"{target}\ntop-1 {class_names[top[0]]} ({top[1]:.2f})")
+                 if o.human is not None else (f"{title}: image", f"no human map\n{target}")]
+        for m in MAPS:
+            cells.append((f"{title} {MAP_TITLES[m]}\n{fmt_rho(o.scores[m]['spearman'], o.human is not None)}",
+                          _overlap_text(o.scores[m]) if o.human is not None else ""))
+        out[v] = cells
+    return out
 
 
 def panel_png(c: Comparison, class_names: Sequence[str], alpha: float = 0.5, cmap: str = "jet") -> bytes:
@@ -152,15 +158,16 @@ def panel_png(c: Comparison, class_names: Sequence[str], alpha: float = 0.5, cma
     PIL's resampling and PNG encoding release the GIL, so concurrent requests are not serialised on it."""
     from PIL import Image, ImageDraw
 
-    rows = [_panel_row(c, v, o, class_names, alpha, cmap) for v, o in c.outputs.items()]
-    arch = next(iter(c.outputs.values())).provenance["id"].split(".")[0]
-    heading = (f"{arch} · {public_name(c.sample.name) or 'upload'} · geometry {c.geometry} · "
-               f"threshold {c.threshold:g}")
+    texts, img = panel_texts(c, class_names), c.frame_image()
+    rows = []
+    for v, o in c.outputs.items():
+        pictures = [overlay(img, o.human, alpha, cmap) if o.human is not None else img]
+        pictures += [overlay(img, o.maps[m], alpha, cmap) for m in MAPS]
+        rows.append([_tile(pic, title, caption) for pic, (title, caption) in zip(pictures, texts[v])])
     w, h, top_h = max(sum(t.width for t in r) for r in rows), sum(r[0].height for r in rows), _FONT_SIZE + 16
     bar = colorbar_strip(w, cmap)
     panel = Image.new("RGB", (w, top_h + h + bar.height), "white")
-    draw = ImageDraw.Draw(panel)
-    _text(draw, (w // 2, 6), heading, w - 16, _FONT_SIZE + 1)
+    _text(ImageDraw.Draw(panel), (w // 2, 6), texts["heading"], w - 16, _FONT_SIZE + 1)
     y = top_h
     for row in rows:
         x = 0
