@@ -20,7 +20,7 @@ from .. import clickme, geometry, images, render, zoo
 from ..cam import DEFAULT_THRESHOLD
 from ..compare import MAP_TITLES, MAPS, Comparison
 from . import present
-from .events import bind, gradio_error, is_checkpoint_problem
+from .events import bind, gradio_error, is_checkpoint_problem, titled_image
 from .present import Exports
 from .service import (DEMO_ARCH, TARGET_LABEL, TARGET_PRED, VARIANT_TITLES, AppConfig, UserError, arch_choices,
                       build_sample, checkpoint_sources, class_names, clickme_sample, default_arch, open_shard,
@@ -272,10 +272,11 @@ def _record_inputs(tab: CompareTab) -> None:
         w["index"] = gr.Number(0, precision=0, minimum=0, label="Record index", scale=1)
         w["random"] = gr.Button("Random record", scale=1, size="sm")
     with gr.Row():
-        w["rec_image"] = gr.Image(label="Image", interactive=False, height=220, format="png",
-                                  buttons=["fullscreen"])
-        w["rec_human"] = gr.Image(label="Human map (ClickMe)", interactive=False, height=220, format="png",
-                                  buttons=["fullscreen"], elem_id="rec-human")
+        with gr.Column(min_width=160):
+            w["rec_image"] = titled_image("Image", height=220, buttons=["fullscreen"])
+        with gr.Column(min_width=160):
+            w["rec_human"] = titled_image("Human map (ClickMe)", height=220, buttons=["fullscreen"],
+                                          elem_id="rec-human")
     w["rec_info"] = gr.Markdown()
 
 
@@ -335,13 +336,8 @@ def _results(tab: CompareTab) -> None:
                 with gr.Row():
                     for m in MAPS:
                         with gr.Column(min_width=180):
-                            # a title of its own above the picture: Gradio's label chip would cover the map's
-                            # top and cut a long name
-                            gr.Markdown(f"**{VARIANT_TITLES[v]} {MAP_TITLES[m]}**", elem_classes="map-title")
-                            w[f"{v}_{m}"] = gr.Image(label=f"{VARIANT_TITLES[v]} {MAP_TITLES[m]}",
-                                                     show_label=False, interactive=False, format="png", height=260,
-                                                     buttons=["download", "fullscreen"], elem_id=f"{v}-{m}",
-                                                     elem_classes="map")
+                            w[f"{v}_{m}"] = titled_image(f"{VARIANT_TITLES[v]} {MAP_TITLES[m]}", height=260,
+                                                         buttons=["download", "fullscreen"], elem_id=f"{v}-{m}")
                             w[f"rho_{v}_{m}"] = gr.Markdown("ρ —", elem_classes="rho", elem_id=f"rho-{v}-{m}")
     _score_tables(tab)
 

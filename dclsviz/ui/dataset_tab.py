@@ -25,7 +25,7 @@ from .. import evaluate, geometry, labels, limits, metrics, zoo
 from ..cam import DEFAULT_THRESHOLD
 from ..compare import MAP_TITLES, MAPS, versions
 from . import storage
-from .events import bind, gradio_error
+from .events import bind, gradio_error, titled_image
 from .present import Exports
 from .service import (AppConfig, CheckpointProblem, UserError, VARIANT_TITLES, arch_choices, check_settings,
                       class_names, dataset_gpu_seconds, default_arch, load_pair, on_gpu, open_shard, resolve_shard,
@@ -360,10 +360,8 @@ def _outputs() -> list:
             download = gr.DownloadButton("Download per-image CSV, summary, table and plot (zip)", visible=False,
                                          elem_id="ds-download")
         with gr.Column(scale=2):
-            # a title of its own: Gradio's label chip would cover the top of the plot
-            gr.Markdown("**Baseline vs DCLS alignment** (the paper's Figure 2)", elem_classes="map-title")
-            plot = gr.Image(label="Figure 2", show_label=False, interactive=False, format="png",
-                            buttons=["download", "fullscreen"], elem_id="ds-plot")
+            plot = titled_image("Baseline vs DCLS alignment (the paper's Figure 2)",
+                                buttons=["download", "fullscreen"], elem_id="ds-plot")
     per_image = gr.Dataframe(headers=ROW_HEADERS, label="Per record", interactive=False, max_height=420,
                              wrap=True, elem_id="ds-rows")
     return [status, headline_md, table, paired, plot, per_image, download]

@@ -1,5 +1,5 @@
-"""The Gradio glue every tab shares: the one mapping of errors to what a visitor sees, and the adapter that
-turns a handler of one typed request into a Gradio callback.
+"""The Gradio glue every tab shares: the one mapping of errors to what a visitor sees, the adapter that turns
+a handler of one typed request into a Gradio callback, and the titled picture every tab shows maps in.
 
 Handlers are plain module-level functions ``handler(context, request[, progress])``; the request is a frozen
 dataclass whose fields are the event's inputs in order, so the wiring says once which widget feeds which
@@ -79,3 +79,10 @@ def api_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapped(*args, **kwargs):
         return _guarded(functools.partial(fn, **kwargs), *args)
     return wrapped
+
+
+def titled_image(title: str, **kwargs) -> gr.Image:
+    """A read-only picture under a title of its own: Gradio's label chip would cover the top of a map and cut a
+    long name. ``kwargs`` go to ``gr.Image``."""
+    gr.Markdown(f"**{title}**", elem_classes="map-title")
+    return gr.Image(label=title, show_label=False, interactive=False, format="png", **kwargs)

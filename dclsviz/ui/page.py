@@ -27,7 +27,7 @@ CSS = """
 .rho {text-align: center; font-size: 1.05em; margin-top: -6px}
 .rho p {margin: 0}
 .model-head h3 {margin-bottom: 2px}
-.map-title {text-align: center; margin-bottom: -8px}
+.map-title {text-align: center; margin-bottom: 0}
 .map-title p {margin: 0; font-size: 0.92em; white-space: normal}
 #status-box {border-left: 4px solid #d97706; padding-left: 10px}
 #ds-status {border-left: 4px solid #dc2626; padding-left: 10px}

@@ -21,7 +21,7 @@ from .. import images, limits, render, review, zoo
 from ..cam import DEFAULT_THRESHOLD
 from ..compare import MAP_TITLES, MAPS
 from . import present
-from .events import bind, gradio_error
+from .events import bind, gradio_error, titled_image
 from .present import Exports
 from .service import (AppConfig, UserError, arch_choices, default_arch, load_pair, on_gpu, open_shard,
                       resolve_shard, shard_choices, shard_label_space_matches)
@@ -270,16 +270,19 @@ def _judging_widgets(tab: ReviewTab) -> None:
     w = tab.widgets
     w["where"] = gr.Markdown("Open, join or create a session.", elem_id="rv-progress")
     with gr.Row():
-        w["image"] = gr.Image(label="Image", interactive=False, format="png", height=230, elem_id="rv-image")
-        w["human"] = gr.Image(label="Human map", interactive=False, format="png", height=230, elem_id="rv-human")
+        with gr.Column(min_width=160):
+            w["image"] = titled_image("Image", height=230, elem_id="rv-image")
+        with gr.Column(min_width=160):
+            w["human"] = titled_image("Human map", height=230, elem_id="rv-human")
     w["panels"] = {}
     for side in ("A", "B"):
         with gr.Row(equal_height=True):
             with gr.Column(scale=0, min_width=60):
                 gr.Markdown(f"## {side}", elem_classes="model-head")
             for m in MAPS:
-                w["panels"][side, m] = gr.Image(label=f"{side}: {MAP_TITLES[m]}", interactive=False, format="png",
-                                                height=230, elem_id=f"rv-{side}-{m}")
+                with gr.Column(min_width=160):
+                    w["panels"][side, m] = titled_image(f"{side}: {MAP_TITLES[m]}", height=230,
+                                                        elem_id=f"rv-{side}-{m}")
     w["note"] = gr.Textbox(label="Note (optional)", lines=1, max_length=limits.MAX_NOTE_CHARS, elem_id="rv-note")
     with gr.Row():
         w["buttons"] = {k: gr.Button(label, variant="primary" if k in "AB" else "secondary", interactive=False,
