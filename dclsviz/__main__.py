@@ -81,8 +81,10 @@ def _load_model(args, entry):
 
 
 def cmd_explain(args) -> int:
+    """One model on one input: the maps as .npy, result.json (the app's manifest for that one model) and
+    panel.png (the app's exported figure, this model's row)."""
     from . import human, images, render, zoo
-    from .compare import MAPS, Comparison, explain_batch, versions
+    from .compare import MAPS, Comparison, explain_batch
     from .labels import class_index
 
     entry = zoo.get(args.arch, args.variant)
@@ -102,23 +104,15 @@ def cmd_explain(args) -> int:
         np.save(args.out / f"{m}_lowres.npy", out.lowres[m].astype(np.float32))
     if out.human is not None:
         np.save(args.out / "human.npy", out.human.astype(np.float32))
-    names = out.class_names
-    result = {"arch": entry.arch, "variant": entry.variant, "checkpoint_sha256": out.provenance["checkpoint_sha256"],
-              "checkpoint": out.provenance["checkpoint_path"], "input": sample.name, "image_sha256": sample.sha256,
-              "label": sample.label, "target": out.target, "target_name": names[out.target],
-              "top5": [[c, p] for c, p in out.top5], "top5_names": [names[c] for c, _ in out.top5],
-              "threshold": args.threshold, "geometry": args.geometry, "has_human_map": out.human is not None,
-              "spearman": {m: out.scores[m]["spearman"] for m in MAPS},
-              "ceiling_normalised": {m: out.scores[m]["ceiling"] for m in MAPS},
-              "dice": {m: out.scores[m]["dice"] for m in MAPS}, "iou": {m: out.scores[m]["iou"] for m in MAPS},
-              "device": out.provenance["device"], "seconds": out.seconds, "versions": versions()}
-    write_json(args.out / "result.json", result)
+    comparison = Comparison(sample, args.geometry, args.threshold, target, {entry.variant: out}, out.seconds)
+    write_json(args.out / "result.json", comparison.manifest(public=False))
     # the figure the app exports, drawn by the same function, with this one model's row
-    one = Comparison(sample, args.geometry, args.threshold, args.target, {entry.variant: out}, out.seconds)
-    (args.out / "panel.png").write_bytes(render.panel_png(one, names))
-    rho = ", ".join(f"{m} {v:+.4f}" if v is not None else f"{m} undefined" for m, v in result["spearman"].items())
-    print(f"{entry.id}: target {out.target} ({names[out.target]}); top-1 {names[out.top5[0][0]]} "
-          f"{out.top5[0][1]:.3f}; Spearman: {rho if out.human is not None else 'no human map'}; wrote {args.out}")
+    (args.out / "panel.png").write_bytes(render.panel_png(comparison, out.class_names))
+    rho = ", ".join(f"{m} {s.spearman:+.4f}" if s.spearman is not None else f"{m} undefined"
+                    for m, s in out.scores.items())
+    print(f"{entry.id}: target {out.target} ({out.class_name(out.target)}); top-1 "
+          f"{out.class_name(out.top5[0][0])} {out.top5[0][1]:.3f}; Spearman: "
+          f"{rho if out.human is not None else 'no human map'}; wrote {args.out}")
     return 0
 
 

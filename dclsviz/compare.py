@@ -17,6 +17,7 @@ import torch
 from . import geometry, human, labels, metrics
 from .cam import DEFAULT_THRESHOLD, CamEngine
 from .models import LoadedModel
+from .results import UNDEFINED, MapScores, Provenance
 
 MAPS = ("gradcam", "threshold_gradcam")
 MAP_TITLES = {"gradcam": "Grad-CAM", "threshold_gradcam": "Threshold-Grad-CAM"}
@@ -61,7 +62,7 @@ class Sample:
 class ModelOutput:
     """What one model says about one sample, in the comparison frame."""
 
-    provenance: dict
+    provenance: Provenance
     target: int
     top5: list[tuple[int, float]]
     logits: np.ndarray
@@ -69,12 +70,24 @@ class ModelOutput:
     lowres: dict[str, np.ndarray]
     human: Optional[np.ndarray]  # the human map in this model's comparison frame
     window: geometry.Window
-    scores: dict[str, dict] = field(default_factory=dict)  # map -> spearman, ceiling, dice, iou
+    scores: dict[str, MapScores] = field(default_factory=dict)  # map name -> its scores
     seconds: float = 0.0
     class_names: Sequence[str] = ()
 
     def class_name(self, index: int) -> str:
         return self.class_names[index] if index < len(self.class_names) else str(index)
+
+    def record(self, class_names: Optional[Sequence[str]] = None, public: bool = True) -> dict:
+        """The one JSON form of a model's output, in the app's manifest and in ``explain``'s result.json.
+
+        Args:
+            class_names: names for the class indices (default: the model's own).
+            public: name the checkpoint by its file name only (see ``Provenance.as_dict``).
+        """
+        name = (lambda i: class_names[i]) if class_names else self.class_name
+        return {**self.provenance.as_dict(public), "target": self.target, "target_name": name(self.target),
+                "top5": [[c, p, name(c)] for c, p in self.top5],
+                "scores": {m: s.as_dict() for m, s in self.scores.items()}, "seconds": round(self.seconds, 4)}
 
 
 def resolve_target(spec: TargetSpec, sample: Sample) -> Optional[int]:
@@ -87,13 +100,13 @@ def resolve_target(spec: TargetSpec, sample: Sample) -> Optional[int]:
 
 
 def score_batch(maps: Sequence[dict[str, np.ndarray]], humans: Sequence[Optional[np.ndarray]],
-                device=None) -> list[dict[str, dict]]:
+                device=None) -> list[dict[str, MapScores]]:
     """Spearman, ceiling-normalised ρ, Dice and IoU of every map of every image against its human map.
 
     One call for a whole batch: each map is sorted once for all four, on ``device`` (the models').
+    An image without a human map gets ``UNDEFINED`` scores.
     """
-    out: list[dict[str, dict]] = [{k: {"spearman": None, "ceiling": None, "dice": None, "iou": None} for k in m}
-                                  for m in maps]
+    out: list[dict[str, MapScores]] = [{k: UNDEFINED for k in m} for m in maps]
     have = [i for i, h in enumerate(humans) if h is not None]
     if not have:
         return out
@@ -101,8 +114,7 @@ def score_batch(maps: Sequence[dict[str, np.ndarray]], humans: Sequence[Optional
     ms = np.stack([np.stack([maps[i][k] for k in names]) for i in have])
     hs = np.stack([humans[i] for i in have])
     for i, scores in zip(have, metrics.score_pairs(ms, hs, device=device)):
-        out[i] = {k: {"spearman": r, "ceiling": metrics.ceiling_normalised(r), "dice": d, "iou": j}
-                  for k, (r, d, j) in zip(names, scores)}
+        out[i] = {k: MapScores(r, metrics.ceiling_normalised(r), d, j) for k, (r, d, j) in zip(names, scores)}
     return out
 
 
@@ -151,6 +163,8 @@ def explain_batch(loaded: LoadedModel, samples: Sequence[Sample], target: Target
 
 @dataclass
 class Comparison:
+    """Both models of a pair on one sample: their outputs by variant, and the settings that produced them."""
+
     sample: Sample
     geometry: str
     threshold: float
@@ -167,21 +181,20 @@ class Comparison:
         return geometry.image_in_frame(self.sample.image, next(iter(self.outputs.values())).window, self.geometry)
 
     def delta(self, map_name: str) -> Optional[float]:
-        b = self.outputs["baseline"].scores[map_name]["spearman"]
-        d = self.outputs["dcls"].scores[map_name]["spearman"]
+        """DCLS's ρ minus the baseline's for ``map_name``; None when either is undefined."""
+        b = self.outputs["baseline"].scores[map_name].spearman
+        d = self.outputs["dcls"].scores[map_name].spearman
         return None if b is None or d is None else d - b
 
-    def manifest(self, class_names: Optional[Sequence[str]] = None) -> dict:
-        def out(o: ModelOutput) -> dict:
-            name = (lambda i: class_names[i]) if class_names else o.class_name
-            return {**o.provenance, "target": o.target, "target_name": name(o.target),
-                    "top5": [[c, p, name(c)] for c, p in o.top5], "scores": o.scores,
-                    "seconds": round(o.seconds, 4)}
+    def manifest(self, class_names: Optional[Sequence[str]] = None, public: bool = True) -> dict:
+        """The one JSON form of a comparison: the sample, the settings, each model's ``record`` and Δρ.
 
+        ``explain``'s result.json is this manifest for the one model it ran.
+        """
         return {"image_sha256": self.sample.sha256, "sample": self.sample.name, "label": self.sample.label,
                 "geometry": self.geometry, "threshold": self.threshold, "target": self.target_spec,
                 "has_human_map": self.human is not None,
-                "models": {v: out(o) for v, o in self.outputs.items()},
+                "models": {v: o.record(class_names, public) for v, o in self.outputs.items()},
                 "delta_spearman": {m: self.delta(m) for m in MAPS} if {"baseline", "dcls"} <= set(self.outputs)
                 else None,
                 "seconds": round(self.seconds, 4), "versions": versions()}
@@ -189,6 +202,13 @@ class Comparison:
 
 def compare(pair: dict[str, LoadedModel], sample: Sample, target: TargetSpec = "label",
             threshold: float = DEFAULT_THRESHOLD, geometry_name: str = "paper") -> Comparison:
+    """Explain ``sample`` with every model of ``pair`` (variant → model), preprocessing once per transform.
+
+    Args:
+        target: "label" (the sample's class, else the prediction), "pred", or a class index.
+        threshold: Threshold-Grad-CAM's threshold.
+        geometry_name: "paper" (the study's stretch) or "aligned" (maps placed back into the crop window).
+    """
     start = time.perf_counter()
     prepared: dict = {}  # a baseline and its DCLS twin share their transform: preprocess once
     outputs = {}
@@ -201,6 +221,7 @@ def compare(pair: dict[str, LoadedModel], sample: Sample, target: TargetSpec = "
 
 
 def versions() -> dict:
+    """The versions of the packages that decide the numbers, for manifests and summaries."""
     import timm
 
     import dclsviz

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import torch
 from torch import nn
@@ -107,12 +107,12 @@ def dcls_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def _axis(pos: torch.Tensor, size: int):
-    """The two cells a coordinate can touch (``floor(p)`` and ``floor(p) + 1``) and whether each is in the window.
+    """``floor(p)`` (a coordinate touches it and the cell after) and whether each of the two is in the window.
 
     NaN compares False, so a NaN position is never inside (``taps`` marks its pair as spoiled).
     """
     low = pos.floor()
-    return (low, low + 1), ((low >= 0) & (low < size), (low >= -1) & (low < size - 1))
+    return low, ((low >= 0) & (low < size), (low >= -1) & (low < size - 1))
 
 
 def _v0_corners(P: torch.Tensor, dks: tuple[int, int]):
@@ -124,14 +124,14 @@ def _v0_corners(P: torch.Tensor, dks: tuple[int, int]):
     beyond the window gets 0 (a product with 1.0 leaves the others exact).
     """
     row, col = P[0] + dks[0] // 2, P[1] + dks[1] // 2
-    rows, r_in = _axis(row, dks[0])
-    cols, c_in = _axis(col, dks[1])
+    row_low, r_in = _axis(row, dks[0])
+    col_low, c_in = _axis(col, dks[1])
     (m_r0, m_r1), (m_c0, m_c1) = [m.to(P.dtype) for m in r_in], [m.to(P.dtype) for m in c_in]
-    r1, r2 = row - rows[0], col - cols[0]
+    r1, r2 = row - row_low, col - col_low
     r12 = r1 * r2
     coefs = ((((1 + r12) - r1) - r2) * (m_r0 * m_c0), (r2 - r12) * (m_r0 * m_c1),
              (r1 - r12) * (m_r1 * m_c0), r12 * (m_r1 * m_c1))
-    return rows, cols, coefs
+    return row_low, col_low, coefs
 
 
 def _v1_corners(P: torch.Tensor, dks: tuple[int, int]):
@@ -142,20 +142,23 @@ def _v1_corners(P: torch.Tensor, dks: tuple[int, int]):
     keeps its full mass on the cells left, a tap wholly beyond it vanishes.
     """
     col, row = P[0] + dks[0] // 2, P[1] + dks[1] // 2
-    rows, r_in = _axis(row, dks[0])
-    cols, c_in = _axis(col, dks[1])
+    row_low, r_in = _axis(row, dks[0])
+    col_low, c_in = _axis(col, dks[1])
     # DCLS computes (cell - p) as here; beyond floor(p) and floor(p) + 1 the triangle is exactly 0, and
     # an infinite position (inf - inf is NaN here) lies beyond the window, as in DCLS
-    wr = [torch.where(i, (1 - (r - row).abs()).relu(), 0.0) for r, i in zip(rows, r_in)]
-    wc = [torch.where(i, (1 - (c - col).abs()).relu(), 0.0) for c, i in zip(cols, c_in)]
+    wr = [torch.where(i, (1 - (r - row).abs()).relu(), 0.0) for r, i in zip((row_low, row_low + 1), r_in)]
+    wc = [torch.where(i, (1 - (c - col).abs()).relu(), 0.0) for c, i in zip((col_low, col_low + 1), c_in)]
     tri = (wc[0] * wr[0], wc[1] * wr[0], wc[0] * wr[1], wc[1] * wr[1])
     total = tri[0] + tri[1] + tri[2] + tri[3] + 1e-7
-    return rows, cols, tuple(t / total for t in tri)
+    return row_low, col_low, tuple(t / total for t in tri)
 
 
-def _cell(x: torch.Tensor, size: int, stride: int) -> torch.Tensor:
-    # a cell beyond the window carries a 0 weight: any cell inside does as its target, NaN included
-    return x.clamp(0, size - 1).nan_to_num_(0.0).long().mul_(stride)
+def _cells(low: torch.Tensor, size: int, stride: int) -> torch.Tensor:
+    """(..., 2): flat offsets of the cells ``floor(p)`` and ``floor(p) + 1`` along one axis.
+
+    A cell beyond the window carries a 0 weight: any cell inside does as its target, NaN included.
+    """
+    return torch.stack((low, low + 1), -1).clamp_(0, size - 1).nan_to_num_(0.0).long().mul_(stride)
 
 
 class Taps(NamedTuple):
@@ -176,53 +179,90 @@ def taps(P: torch.Tensor, version: str, dilated_kernel_size: tuple[int, int], ch
     """The positions' part of ``construct_kernel``: cells and coefficients of every tap, as DCLS computes them."""
     if version not in ("v0", "v1"):
         raise ValueError(f"DCLS version {version!r} cannot be frozen (only v0 and v1)")
-    (d0, d1), (_, out, in_g, _) = tuple(dilated_kernel_size), P.shape
-    rows, cols, coefs = (_v0_corners if version == "v0" else _v1_corners)(P, (d0, d1))
+    (d0, d1), (_, out, in_g, count) = tuple(dilated_kernel_size), P.shape
+    row_low, col_low, coefs = (_v0_corners if version == "v0" else _v1_corners)(P, (d0, d1))
     # flat offsets of (out, in, row, col) in the (out, in, d0, d1) or (out, d0, d1, in) layout
     so, si, sr, sc = (d0 * d1 * in_g, 1, d1 * in_g, in_g) if channels_last else (d0 * d1 * in_g, d0 * d1, d1, 1)
-    pair = (torch.arange(out, device=P.device).view(out, 1, 1) * so
-            + torch.arange(in_g, device=P.device).view(1, in_g, 1) * si)
-    row_at = [pair + _cell(r, d0, sr) for r in rows]
-    col_at = [_cell(c, d1, sc) for c in cols]
-    # (r0 c0, r0 c1, r1 c0, r1 c1) as the coefficients, taps in order: a layer's scatter then walks the
-    # kernel once instead of once per corner
-    index = torch.stack([row_at[j // 2] + col_at[j % 2] for j in range(4)], -1)
+    pair = (torch.arange(out, device=P.device).view(out, 1, 1, 1) * so
+            + torch.arange(in_g, device=P.device).view(1, in_g, 1, 1) * si)
+    # (r0 c0, r0 c1, r1 c0, r1 c1), the coefficients' order, written at once by broadcasting: the index is
+    # the largest temporary of a freeze, and a layer's scatter then walks the kernel once, not once per corner
+    index = ((pair + _cells(row_low, d0, sr)).unsqueeze(-1) + _cells(col_low, d1, sc).unsqueeze(-2))
     # DCLS's dense product spreads a non-finite position over the pair's whole kernel (v1: NaN only; an
     # infinite position lies beyond the window there)
     bad = (P * 0) if version == "v0" else torch.where(P.isnan(), P, 0.0)
     spoiled = bad.sum((0, -1)) if bool(bad.isnan().any()) else None
-    return Taps(index, torch.stack(coefs, -1), spoiled, (out, in_g, d0, d1), channels_last)
+    return Taps(index.view(out, in_g, count, 4), torch.stack(coefs, -1), spoiled, (out, in_g, d0, d1),
+                channels_last)
 
 
 @torch.no_grad()
-def kernel_from_taps(weight: torch.Tensor, t: Taps) -> torch.Tensor:
-    """The dense kernel of ``weight`` on the taps ``t``: one product and one scatter."""
-    out, in_g, d0, d1 = t.shape
+def kernel_from_taps(weight: torch.Tensor, t: Taps, out: Optional[torch.Tensor] = None,
+                     weight_finite: Optional[bool] = None) -> torch.Tensor:
+    """The dense kernel of ``weight`` on the taps ``t``: one product and one scatter.
+
+    ``out``: a zeroed flat buffer of the kernel's size to scatter into (a block of a larger kernel).
+    ``weight_finite``: whether every weight is finite, when the caller knows (else it is computed).
+    """
+    n, in_g, d0, d1 = t.shape
     value = weight.unsqueeze(-1) * t.coefs  # the very product W * K that DCLS takes, cell by cell
-    kernel = torch.zeros(out * in_g * d0 * d1, dtype=value.dtype, device=value.device)
+    kernel = torch.zeros(n * in_g * d0 * d1, dtype=value.dtype, device=value.device) if out is None else out
     # each tap's contribution is DCLS's to the bit; a cell sums them in another order than DCLS's dense
     # sum, which stays within float32 rounding of the few terms a cell gets
     kernel.scatter_add_(0, t.index.view(-1), value.view(-1))
-    kernel = kernel.view(out, d0, d1, in_g).permute(0, 3, 1, 2) if t.channels_last else kernel.view(t.shape)
+    kernel = kernel.view(n, d0, d1, in_g).permute(0, 3, 1, 2) if t.channels_last else kernel.view(t.shape)
     # DCLS multiplies every tap by every cell: a non-finite weight spoils its pair's whole kernel
-    if t.spoiled is not None or not bool(weight.isfinite().all()):
+    if weight_finite is None:
+        weight_finite = _all_finite(weight)
+    if t.spoiled is not None or not weight_finite:
         spoiled = (weight * 0).sum(-1) + (t.spoiled if t.spoiled is not None else 0)
         kernel.add_(spoiled[..., None, None])  # a full pass over the kernel: only when something is spoiled
     return kernel
 
 
+def _all_finite(x: torch.Tensor) -> bool:
+    # NaN and ±inf reach the min or the max: one reduction pass, where isfinite() makes three
+    return not x.numel() or bool(torch.stack(torch.aminmax(x)).isfinite().all())
+
+
+# taps per block of output channels: the temporaries (an int64 index and the coefficients, ~12 bytes a tap
+# corner) stay under the C allocator's mmap threshold, so each block reuses the last one's memory instead of
+# faulting in fresh pages: ResNet50's largest stage alone would need 63 MB of them
+_BLOCK_TAPS = 1 << 18
+
+
 @torch.no_grad()
-def construct_kernel(weight: torch.Tensor, P: torch.Tensor, version: str, dilated_kernel_size: tuple[int, int],
-                     channels_last: bool = False) -> torch.Tensor:
-    """The dense ``(out, in/groups, *dks)`` kernel DCLS builds from ``weight`` and positions ``P``.
+def construct_kernels(weights: Sequence[torch.Tensor], P: torch.Tensor, version: str,
+                      dilated_kernel_size: tuple[int, int], channels_last: bool = False) -> list[torch.Tensor]:
+    """The dense ``(out, in/groups, *dks)`` kernels DCLS builds from each of ``weights`` and shared positions ``P``.
 
     Each of a pair's ``count`` taps lands on at most 4 neighbouring cells, so a scatter of 4 weighted
     values per tap gives DCLS's result in O(out*in*count) work and memory, on the tensors' device.
     Positions are not clamped (DCLS's construction does not clamp either); cells beyond the window are
     dropped. Equal to ``ConstructKernel2d`` within float32 rounding of the per-cell sums.
-    ``channels_last`` lays the result out in that memory format, so that no copy converts it later.
+    The layers of a stage share one ``P``: its taps are computed once for all of them, block by block of
+    output channels. ``channels_last`` lays the results out in that memory format, so that no copy converts
+    them later.
     """
-    return kernel_from_taps(weight, taps(P, version, dilated_kernel_size, channels_last))
+    (d0, d1), (_, out, in_g, count) = tuple(dilated_kernel_size), P.shape
+    cells = in_g * d0 * d1  # an output channel's block of the kernel is contiguous in either layout
+    flats = [torch.zeros(out * cells, dtype=w.dtype, device=w.device) for w in weights]
+    finite = [_all_finite(w) for w in weights]
+    step = max(1, _BLOCK_TAPS // (in_g * count * 4))
+    for start in range(0, out, step):
+        stop = min(out, start + step)
+        t = taps(P[:, start:stop], version, (d0, d1), channels_last)
+        for w, flat, w_finite in zip(weights, flats, finite):
+            kernel_from_taps(w[start:stop], t, flat[start * cells:stop * cells], w_finite)
+    shape = (out, d0, d1, in_g) if channels_last else (out, in_g, d0, d1)
+    return [f.view(shape).permute(0, 3, 1, 2) if channels_last else f.view(shape) for f in flats]
+
+
+@torch.no_grad()
+def construct_kernel(weight: torch.Tensor, P: torch.Tensor, version: str, dilated_kernel_size: tuple[int, int],
+                     channels_last: bool = False) -> torch.Tensor:
+    """The dense kernel of one layer: ``construct_kernels`` of ``[weight]``."""
+    return construct_kernels([weight], P, version, dilated_kernel_size, channels_last)[0]
 
 
 @torch.no_grad()
@@ -237,28 +277,56 @@ def reference_kernel(layer: nn.Module) -> torch.Tensor:
     return layer.DCK(layer.weight, layer.P, layer.SIG).detach().clone()
 
 
+def _finite_by_bound(weight: torch.Tensor, P: torch.Tensor) -> bool:
+    """Whether the kernel of ``weight`` on positions ``P`` is finite, known without reading it.
+
+    Every coefficient lies in [0, 1] (v0: products of fractions, v1: a share of a sum), and a cell takes at
+    most one corner of each of the ``count`` taps, so |cell| <= count * max|w|: finite weights and positions
+    with that bound below float's maximum (halved, for the rounding of the sums) give a finite kernel. NaN
+    fails the comparison.
+    """
+    if not weight.numel():
+        return True
+    bound = float(weight.detach().abs().amax()) * weight.shape[-1]
+    return bound < torch.finfo(weight.dtype).max / 2 and _all_finite(P)
+
+
 @torch.no_grad()
-def freeze(model: nn.Module, channels_last: bool = False) -> int:
-    """Replace each ``Dcls2d`` by an ``nn.Conv2d`` with its precomputed kernel; return how many.
+def freeze(model: nn.Module, channels_last: bool = False) -> list[tuple[str, torch.Tensor, bool]]:
+    """Replace each ``Dcls2d`` by an ``nn.Conv2d`` with its precomputed kernel.
 
     Each kernel is computed on its layer's device: move the model first to freeze on the GPU.
     ``channels_last`` builds the kernels in that memory format (for a model that runs in it).
+
+    Returns:
+        ``(name, kernel, proven)`` of every frozen layer; ``proven``: its kernel is finite by
+        ``_finite_by_bound``. A caller that has checked the weights and positions needs to read only the
+        unproven kernels (a dense read of ResNet50's 246 MB of kernels costs more than the rest of a load).
     """
     layers = dcls_layers(model)
-    shared: dict[tuple, Taps] = {}  # a stage's layers share one P, so their taps: computed once per stage
     for name, layer in layers:
         if layer.padding_mode != "zeros":
             raise ValueError(f"{name}: only zero padding can be frozen")
-        key = (id(layer.P), layer.version, tuple(layer.dilated_kernel_size))
-        if key not in shared:
-            shared[key] = taps(layer.P, layer.version, layer.dilated_kernel_size, channels_last)
-        kernel = kernel_from_taps(layer.weight, shared[key])
-        # skip_init: no random init of a weight that the kernel replaces at once
-        conv = nn.utils.skip_init(nn.Conv2d, layer.in_channels, layer.out_channels, tuple(kernel.shape[-2:]),
-                                  stride=layer.stride, padding=layer.padding, groups=layer.groups,
-                                  bias=layer.bias is not None, device=kernel.device, dtype=kernel.dtype)
-        conv.weight = nn.Parameter(kernel, requires_grad=layer.weight.requires_grad)
-        if layer.bias is not None:
-            conv.bias = nn.Parameter(layer.bias.detach().clone(), requires_grad=layer.bias.requires_grad)
-        _set_module(model, name, conv)
-    return len(layers)
+    stages: dict[tuple, list] = {}  # a stage's layers share one P, so their taps: computed once per stage
+    for name, layer in layers:
+        stages.setdefault((id(layer.P), layer.version, tuple(layer.dilated_kernel_size)), []).append((name, layer))
+    frozen = []
+    for stage in stages.values():
+        first = stage[0][1]
+        kernels = construct_kernels([layer.weight for _, layer in stage], first.P, first.version,
+                                    first.dilated_kernel_size, channels_last)
+        for (name, layer), kernel in zip(stage, kernels):
+            frozen.append((name, kernel, _finite_by_bound(layer.weight, layer.P)))
+            _set_module(model, name, _dense_conv(layer, kernel))
+    return frozen
+
+
+def _dense_conv(layer: nn.Module, kernel: torch.Tensor) -> nn.Conv2d:
+    # skip_init: no random init of a weight that the kernel replaces at once
+    conv = nn.utils.skip_init(nn.Conv2d, layer.in_channels, layer.out_channels, tuple(kernel.shape[-2:]),
+                              stride=layer.stride, padding=layer.padding, groups=layer.groups,
+                              bias=layer.bias is not None, device=kernel.device, dtype=kernel.dtype)
+    conv.weight = nn.Parameter(kernel, requires_grad=layer.weight.requires_grad)
+    if layer.bias is not None:
+        conv.bias = nn.Parameter(layer.bias.detach().clone(), requires_grad=layer.bias.requires_grad)
+    return conv

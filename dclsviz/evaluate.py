@@ -40,14 +40,14 @@ from . import clickme, datapath, metrics, stats, zoo
 from .files import write_atomically, write_json
 from .cam import DEFAULT_THRESHOLD
 from .compare import MAP_TITLES, MAPS, explain_batch, versions
+from .results import MapScores
 
 if TYPE_CHECKING:
     from .models import LoadedModel
 
 TARGET = "label"  # the study explains the record's ground-truth class
-METRICS = ("spearman", "ceiling", "dice", "iou")
 KEY = ("arch", "variant", "shard", "index")
-COLUMNS = (*KEY, "label", "target", "predicted", *(f"{k}_{m}" for k in METRICS for m in MAPS))
+COLUMNS = (*KEY, "label", "target", "predicted", *MapScores.csv_columns(MAPS))
 CSV_NAME, RUN_NAME, SUMMARY_NAME, SCATTER_NAME, TABLE_NAME = (
     "per_image.csv", "run.json", "summary.json", "scatter.png", "table1.txt")
 LOCK_NAME = ".lock"  # flock'ed by writers and readers of the folder
@@ -305,12 +305,11 @@ def read_rows(folder: Path) -> dict[tuple, dict]:
 
 
 def output_row(arch: str, variant: str, item: Item, label: Optional[int], out) -> dict:
+    """The per-image CSV row of one model's output on one record."""
     row = {"arch": arch, "variant": variant, "shard": item.shard, "index": item.index, "label": label,
            "target": out.target, "predicted": out.top5[0][0]}
-    for k in METRICS:
-        for m in MAPS:
-            v = out.scores[m][k]
-            row[f"{k}_{m}"] = None if v is None else float(v)
+    for m in MAPS:
+        row.update(out.scores[m].csv_cells(m))
     return row
 
 
@@ -459,7 +458,7 @@ def _evaluate_arch(run: _Run, arch: str, todo: dict[str, set[Item]], loader, ski
         run.bar.refresh()
         return  # the variant that did load is of no use alone
     for v, lm in loaded.items():
-        run.record.check_checkpoint(lm.entry.id, lm.provenance()["checkpoint_sha256"])
+        run.record.check_checkpoint(lm.entry.id, lm.provenance().checkpoint_sha256)
     engines = {v: CamEngine(lm) for v, lm in loaded.items()}
     transforms = list(dict.fromkeys(lm.entry.transform for lm in loaded.values()))
     union = [it for it in run.items if any(it in t for t in todo.values())]

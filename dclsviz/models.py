@@ -21,11 +21,14 @@ from torch import nn
 
 from . import checkpoints, dcls
 from .download import Progress
+from .results import Provenance
 from .zoo import ModelEntry
 
 
 @dataclass
 class LoadedModel:
+    """A model ready for CAMs (eval, frozen DCLS, on ``device``) and where its weights came from."""
+
     entry: ModelEntry
     model: nn.Module
     device: torch.device
@@ -37,11 +40,12 @@ class LoadedModel:
     def cam_module(self) -> nn.Module:
         return self.model.get_submodule(self.entry.cam_layer)
 
-    def provenance(self) -> dict:
+    def provenance(self) -> Provenance:
+        """Which weights on which device: the checkpoint's path, origin and sha256 (None for given weights)."""
         c = self.checkpoint
-        return {"id": self.entry.id, "timm_name": self.entry.timm_name,
-                "checkpoint_path": str(c.path) if c else None, "checkpoint_origin": c.origin if c else None,
-                "checkpoint_sha256": c.sha256 if c else None, "device": str(self.device)}
+        return Provenance(id=self.entry.id, timm_name=self.entry.timm_name,
+                          checkpoint_path=str(c.path) if c else None, checkpoint_origin=c.origin if c else None,
+                          checkpoint_sha256=c.sha256 if c else None, device=str(self.device))
 
 
 def default_device() -> torch.device:
@@ -62,8 +66,13 @@ def build(entry: ModelEntry, init: bool = True) -> nn.Module:
     return model.eval()
 
 
-def prepare(model: nn.Module, device: torch.device, channels_last: bool, freeze: bool = True) -> nn.Module:
-    """Inference form: DCLS kernels precomputed, no parameter needs a gradient, on ``device``."""
+def prepare(model: nn.Module, device: torch.device, channels_last: bool,
+            freeze: bool = True) -> list[tuple[str, torch.Tensor, bool]]:
+    """Inference form, in place: DCLS kernels precomputed, no parameter needs a gradient, on ``device``.
+
+    Returns:
+        ``dcls.freeze``'s ``(name, kernel, proven finite)`` of each frozen layer (empty without DCLS).
+    """
     model.requires_grad_(False).eval()
     if device.type == "cuda":
         # TF32 keeps ~10 mantissa bits: CAM maps would drift ~1e-2 from the study's float32 numbers
@@ -72,11 +81,10 @@ def prepare(model: nn.Module, device: torch.device, channels_last: bool, freeze:
     # before freezing, so the kernels are built on the target device and only the compact weights
     # and positions (not the dense kernels) cross to it
     model.to(device)
-    if freeze:
-        dcls.freeze(model, channels_last)
+    frozen = dcls.freeze(model, channels_last) if freeze else []
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    return model
+    return frozen
 
 
 def check_finite(tensors, where: str) -> None:
@@ -117,9 +125,11 @@ def load(entry: ModelEntry, checkpoint: Optional[Path] = None, *, state_dict: Op
     checkpoints.load_into(model, state_dict, entry)
     if channels_last is None:
         channels_last = entry.channels_last
-    prepare(model, device, channels_last, freeze)
-    # finite weights can still give a non-finite frozen DCLS kernel (e.g. a zero spread)
-    check_finite(model.state_dict().items(), f"{entry.id}: the model built from {source} (after loading)")
+    frozen = prepare(model, device, channels_last, freeze)
+    # the strict load copied checked tensors; only a frozen DCLS kernel is new, and finite weights can still
+    # overflow in one: read those the bound does not clear
+    check_finite([(f"{name}.weight", k) for name, k, proven in frozen if not proven],
+                 f"{entry.id}: the model built from {source} (after loading)")
     return LoadedModel(entry, model, device, resolved, channels_last, time.perf_counter() - start)
 
 

@@ -123,18 +123,19 @@ def colorbar_strip(width: int, cmap: str = "jet"):
     return strip
 
 
-def _overlap_text(scores: dict) -> str:
-    """Dice and IoU of one map, "—" where ρ is undefined (an overlap of a map with no ranking means nothing)."""
-    if scores.get("spearman") is None:
+def _overlap_text(scores) -> str:
+    """Dice and IoU of one map's ``MapScores``, "—" where ρ is undefined (an overlap of a map with no ranking
+    means nothing)."""
+    if scores.spearman is None:
         return "Dice — · IoU —"
-    fmt = (lambda x: "—" if x is None else f"{x:.3f}")
-    return f"Dice {fmt(scores.get('dice'))} · IoU {fmt(scores.get('iou'))}"
+    fmt = (lambda value: "—" if value is None else f"{value:.3f}")
+    return f"Dice {fmt(scores.dice)} · IoU {fmt(scores.iou)}"
 
 
 def panel_texts(c: Comparison, class_names: Sequence[str]) -> dict:
     """Every text of ``panel_png``: {"heading": str, variant: [(title, caption) of the human/image cell, then of
     each map's cell]}. Names the input by its file name only: the figure leaves the server."""
-    arch = next(iter(c.outputs.values())).provenance["id"].split(".")[0]
+    arch = next(iter(c.outputs.values())).provenance.arch
     out: dict = {"heading": f"{arch} · {public_name(c.sample.name) or 'upload'} · geometry {c.geometry} · "
                             f"threshold {c.threshold:g}"}
     for v, o in c.outputs.items():
@@ -144,7 +145,7 @@ def panel_texts(c: Comparison, class_names: Sequence[str]) -> dict:
         cells = [(f"{title}: human map", f"{target}\ntop-1 {class_names[top[0]]} ({top[1]:.2f})")
                  if o.human is not None else (f"{title}: image", f"no human map\n{target}")]
         for m in MAPS:
-            cells.append((f"{title} {MAP_TITLES[m]}\n{fmt_rho(o.scores[m]['spearman'], o.human is not None)}",
+            cells.append((f"{title} {MAP_TITLES[m]}\n{fmt_rho(o.scores[m].spearman, o.human is not None)}",
                           _overlap_text(o.scores[m]) if o.human is not None else ""))
         out[v] = cells
     return out

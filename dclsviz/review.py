@@ -734,8 +734,8 @@ def show(session: str, reviewer: str, position=None, *, pair=None, device=None,
         raise ValueError(f"this session compares {info.arch}'s {' and '.join(zoo.VARIANTS)}; "
                          f"got {sorted(f'{a}.{v}' for v, a in ids.items())}")
     comp = compare(pair, it.source.sample(), info.target, info.threshold, info.geometry)
-    scores = {v: o.scores for v, o in comp.outputs.items()}
-    scores["checkpoints"] = {v: o.provenance["checkpoint_sha256"] for v, o in comp.outputs.items()}
+    scores = {v: {m: s.as_dict() for m, s in o.scores.items()} for v, o in comp.outputs.items()}
+    scores["checkpoints"] = {v: o.provenance.checkpoint_sha256 for v, o in comp.outputs.items()}
     scores["targets"] = {v: o.target for v, o in comp.outputs.items()}
     with _connect(db) as con, _write(con):
         con.execute("UPDATE items SET scores = ?, label = ?, shown_at = COALESCE(shown_at, ?) WHERE session = ? "

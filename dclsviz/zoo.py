@@ -1,86 +1,20 @@
-"""The model registry: one data record per published checkpoint of the DCLS Grad-CAM study.
+"""The model registry: one data record per published checkpoint of the DCLS Grad-CAM study, and the demo pair.
 
 Everything that differs between the 16 models (which timm architecture, which convolutions become
 DCLS and with which numbers, where the paper fetched the file and how it is packed, the eval
-transform, the CAM layer) is data here. Code elsewhere reads these records and never branches on
-a model name.
+transform, the CAM layer) is data here, written in timm's ``_cfg`` style: keyword-only records
+(``entries.py``). Code elsewhere reads them and never branches on a model name. The registry is
+built once, at import, and is read-only: a second entry with an id already taken is an error.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Optional
+from types import MappingProxyType
+from typing import Iterable, Mapping
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-VARIANTS = ("baseline", "dcls")
-
-
-@dataclass(frozen=True)
-class DclsRecipe:
-    """Which convolutions become ``Dcls2d`` and how (see ``dcls.RULES`` for the rules)."""
-
-    rule: str
-    dilated_kernel_size: int
-    kernel_count: int
-    version: str  # "v0" (bilinear interpolation) or "v1" (normalised triangle)
-
-
-@dataclass(frozen=True)
-class Transform:
-    """The eval transform: resize the shorter side, centre-crop, normalise."""
-
-    resize: int
-    crop: int
-    interpolation: str = "bicubic"
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-
-
-@dataclass(frozen=True)
-class CheckpointSource:
-    """Where the paper's code fetched a checkpoint and how the file is packed.
-
-    ``urls`` are tried in order; an ``hf-hub:org/name`` entry means the ``model.safetensors`` of
-    that Hugging Face repository. ``container_key`` is the entry holding the weights (None: the file
-    is the state dict). ``naming`` names the key scheme, mapped to timm by the family's filter.
-    """
-
-    urls: tuple[str, ...]
-    file_name: str
-    container_key: Optional[str]
-    naming: str
-    sha256: Optional[str] = None
-    bundled: Optional[str] = None  # a file shipped in assets/ (the demo pair), relative to assets/
-
-
-@dataclass(frozen=True)
-class ModelEntry:
-    arch: str
-    variant: str
-    family: str  # selects the key filter in checkpoints.KEY_FILTERS
-    timm_name: str
-    checkpoint: CheckpointSource
-    transform: Transform
-    cam_layer: str  # module name in the timm model; its output is the Grad-CAM activation
-    dcls: Optional[DclsRecipe] = None
-    timm_kwargs: dict = field(default_factory=dict)
-    num_classes: int = 1000
-    class_names: Optional[tuple[str, ...]] = None  # None: ImageNet-1k
-    channels_last: bool = True  # large depthwise kernels run much faster in NHWC on CPU and GPU
-    notes: str = ""
-
-    @property
-    def id(self) -> str:
-        return f"{self.arch}.{self.variant}"
-
-    @property
-    def input_size(self) -> int:
-        return self.transform.crop
-
-
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
+from . import demo
+from .entries import (ASSETS, CONV_3X3, DEPTHWISE, DEPTHWISE_7X7, DEPTHWISE_SQUARE, IMAGENET_MEAN,  # noqa: F401
+                      IMAGENET_STD, VARIANTS, CheckpointSource, DclsRecipe, ModelEntry, Transform)
 
 ZENODO_CONVNEXT = "https://zenodo.org/record/7112021/files/"
 ZENODO_STUDY = "https://zenodo.org/records/8370737/files/"
@@ -92,70 +26,99 @@ METAFORMER_T = Transform(resize=224, crop=224)
 FASTVIT_T = Transform(resize=256, crop=256)
 RESNET_T = Transform(resize=235, crop=224)
 
-# Rules, as the paper's replacement helpers apply them (see dcls.RULES):
-DEPTHWISE = "depthwise"  # ConvNeXt: groups == in_channels
-DEPTHWISE_SQUARE = "depthwise_square"  # MetaFormer: groups == in == out
-DEPTHWISE_7X7 = "depthwise_7x7"  # FastViT: groups == in == out and a 7x7 kernel
-CONV_3X3 = "conv_3x3"  # ResNet: every 3x3 conv
+
+def _source(url: str, container_key, naming: str, *more_urls: str, file_name: str = "") -> CheckpointSource:
+    """A checkpoint at ``url`` (then ``more_urls``); its cache file name is the URL's, as ``torch.hub`` names it."""
+    name = file_name or url.rsplit("/", 1)[1].split("?")[0]
+    return CheckpointSource(urls=(url, *more_urls), file_name=name, container_key=container_key, naming=naming)
 
 
-def _entries() -> list[ModelEntry]:
-    e: list[ModelEntry] = []
+def _convnext() -> list[ModelEntry]:
+    e = []
     for size, count in (("tiny", 34), ("small", 40), ("base", 40)):
         arch = f"convnext_{size}"
         # the Zenodo record is spelled record/ for tiny and base and records/ for small in the paper's code
         zen = ZENODO_CONVNEXT.replace("record/", "records/") if size == "small" else ZENODO_CONVNEXT
-        e.append(ModelEntry(arch, "baseline", "convnext", arch,
-                            CheckpointSource((f"{FB_CONVNEXT}{arch}_1k_224_ema.pth",),
-                                             f"{arch}_1k_224_ema.pth", "model", "fb-convnext"),
-                            CONVNEXT_T, "stages.3"))
-        e.append(ModelEntry(arch, "dcls", "convnext", arch,
-                            CheckpointSource((f"{zen}convnext_dcls_{size}_1k_224_ema.pth",),
-                                             f"convnext_dcls_{size}_1k_224_ema.pth", "model", "fb-convnext"),
-                            CONVNEXT_T, "stages.3", DclsRecipe(DEPTHWISE, 17, count, "v0")))
-    for arch, count, dl in (("caformer_s18", 34, "?download=1"), ("convformer_s18", 40, "")):
-        kind = arch.split("_")[0]
-        e.append(ModelEntry(arch, "baseline", "metaformer", arch,
-                            CheckpointSource((f"{SAIL}{kind}/{arch}.pth",), f"{arch}.pth", None, "sail-metaformer"),
-                            METAFORMER_T, "stages.3"))
-        name = f"{arch}_v1_17lim_{count}el_seed0.pth.tar"
-        e.append(ModelEntry(arch, "dcls", "metaformer", arch,
-                            CheckpointSource((f"{ZENODO_STUDY}{name}{dl}",), name, "state_dict_ema", "sail-metaformer"),
-                            METAFORMER_T, "stages.3", DclsRecipe(DEPTHWISE_SQUARE, 17, count, "v1")))
-    for arch in ("fastvit_sa24", "fastvit_sa36"):
-        e.append(ModelEntry(arch, "baseline", "fastvit", arch,
-                            CheckpointSource((f"{ZENODO_STUDY}{arch}_seed0.pth.tar",), f"{arch}_seed0.pth.tar",
-                                             "state_dict_ema", "apple-fastvit"),
-                            FASTVIT_T, "final_conv",
-                            notes="the study's own baseline; timm's apple_in1k weights are an alternative"))
-        name = f"{arch}_v1_17lim_34el_seed0.pth.tar"
-        e.append(ModelEntry(arch, "dcls", "fastvit", arch,
-                            CheckpointSource((f"{ZENODO_STUDY}{name}",), name, "state_dict_ema", "apple-fastvit"),
-                            FASTVIT_T, "final_conv", DclsRecipe(DEPTHWISE_7X7, 17, 34, "v1")))
-    e.append(ModelEntry("resnet50", "baseline", "resnet", "resnet50",
-                        CheckpointSource(("hf-hub:timm/resnet50.a1_in1k",
-                                          "https://github.com/rwightman/pytorch-image-models/releases/download/"
-                                          "v0.1-rsb-weights/resnet50_a1_0-14fe96d1.pth"),
-                                         "resnet50_a1_0-14fe96d1.pth", None, "timm"),
-                        RESNET_T, "layer4"))
-    e.append(ModelEntry("resnet50", "dcls", "resnet", "resnet50",
-                        CheckpointSource(("https://zenodo.org/records/8373830/files/"
-                                          "resnet_dcls_kernel_5_model_best.pth.tar",),
-                                         "resnet_dcls_kernel_5_model_best.pth.tar", "state_dict_ema", "timm"),
-                        RESNET_T, "layer4", DclsRecipe(CONV_3X3, 7, 5, "v0")))
+        common = dict(arch=arch, family="convnext", timm_name=arch, transform=CONVNEXT_T, cam_layer="stages.3")
+        e.append(ModelEntry(variant="baseline", **common,
+                            checkpoint=_source(f"{FB_CONVNEXT}{arch}_1k_224_ema.pth", "model", "fb-convnext")))
+        e.append(ModelEntry(variant="dcls", **common,
+                            checkpoint=_source(f"{zen}convnext_dcls_{size}_1k_224_ema.pth", "model", "fb-convnext"),
+                            dcls=DclsRecipe(rule=DEPTHWISE, dilated_kernel_size=17, kernel_count=count, version="v0")))
     return e
 
 
-REGISTRY: dict[str, ModelEntry] = {m.id: m for m in _entries()}
-PAPER_ARCHS: tuple[str, ...] = tuple(dict.fromkeys(m.arch for m in REGISTRY.values()))
+def _metaformer() -> list[ModelEntry]:
+    e = []
+    for arch, count, dl in (("caformer_s18", 34, "?download=1"), ("convformer_s18", 40, "")):
+        kind = arch.split("_")[0]
+        common = dict(arch=arch, family="metaformer", timm_name=arch, transform=METAFORMER_T, cam_layer="stages.3")
+        e.append(ModelEntry(variant="baseline", **common,
+                            checkpoint=_source(f"{SAIL}{kind}/{arch}.pth", None, "sail-metaformer")))
+        e.append(ModelEntry(variant="dcls", **common,
+                            checkpoint=_source(f"{ZENODO_STUDY}{arch}_v1_17lim_{count}el_seed0.pth.tar{dl}",
+                                               "state_dict_ema", "sail-metaformer"),
+                            dcls=DclsRecipe(rule=DEPTHWISE_SQUARE, dilated_kernel_size=17, kernel_count=count,
+                                            version="v1")))
+    return e
 
 
-def register(entry: ModelEntry) -> None:
-    """Add an entry (the demo pair registers itself this way)."""
-    REGISTRY[entry.id] = entry
+def _fastvit() -> list[ModelEntry]:
+    e = []
+    for arch in ("fastvit_sa24", "fastvit_sa36"):
+        common = dict(arch=arch, family="fastvit", timm_name=arch, transform=FASTVIT_T, cam_layer="final_conv")
+        e.append(ModelEntry(variant="baseline", **common,
+                            checkpoint=_source(f"{ZENODO_STUDY}{arch}_seed0.pth.tar", "state_dict_ema",
+                                               "apple-fastvit"),
+                            notes="the study's own baseline; timm's apple_in1k weights are an alternative"))
+        e.append(ModelEntry(variant="dcls", **common,
+                            checkpoint=_source(f"{ZENODO_STUDY}{arch}_v1_17lim_34el_seed0.pth.tar", "state_dict_ema",
+                                               "apple-fastvit"),
+                            dcls=DclsRecipe(rule=DEPTHWISE_7X7, dilated_kernel_size=17, kernel_count=34,
+                                            version="v1")))
+    return e
+
+
+def _resnet() -> list[ModelEntry]:
+    common = dict(arch="resnet50", family="resnet", timm_name="resnet50", transform=RESNET_T, cam_layer="layer4")
+    rsb = ("https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-rsb-weights/"
+           "resnet50_a1_0-14fe96d1.pth")
+    return [ModelEntry(variant="baseline", **common,
+                       checkpoint=_source("hf-hub:timm/resnet50.a1_in1k", None, "timm", rsb,
+                                          file_name=rsb.rsplit("/", 1)[1])),
+            ModelEntry(variant="dcls", **common,
+                       checkpoint=_source("https://zenodo.org/records/8373830/files/"
+                                          "resnet_dcls_kernel_5_model_best.pth.tar", "state_dict_ema", "timm"),
+                       dcls=DclsRecipe(rule=CONV_3X3, dilated_kernel_size=7, kernel_count=5, version="v0"))]
+
+
+def build_registry(entries: Iterable[ModelEntry]) -> Mapping[str, ModelEntry]:
+    """A read-only id → entry mapping, in the order given.
+
+    Raises:
+        ValueError: two entries share an id, or an entry's variant is not one of ``VARIANTS``.
+    """
+    table: dict[str, ModelEntry] = {}
+    for entry in entries:
+        if entry.variant not in VARIANTS:
+            raise ValueError(f"model {entry.id}: variant {entry.variant!r} is not one of {', '.join(VARIANTS)}")
+        if entry.id in table:
+            raise ValueError(f"two registry entries have the id {entry.id!r}; ids must be unique")
+        table[entry.id] = entry
+    return MappingProxyType(table)
+
+
+STUDY: tuple[ModelEntry, ...] = (*_convnext(), *_metaformer(), *_fastvit(), *_resnet())
+PAPER_ARCHS: tuple[str, ...] = tuple(dict.fromkeys(m.arch for m in STUDY))
+REGISTRY: Mapping[str, ModelEntry] = build_registry([*STUDY, *demo.ENTRIES])
 
 
 def get(arch: str, variant: str) -> ModelEntry:
+    """The entry of ``arch``'s ``variant``.
+
+    Raises:
+        KeyError: with the valid choices, for an unknown variant or architecture.
+    """
     if variant not in VARIANTS:
         raise KeyError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
     try:
@@ -165,12 +128,10 @@ def get(arch: str, variant: str) -> ModelEntry:
 
 
 def archs() -> list[str]:
+    """Every registered architecture, study first, in registry order."""
     return list(dict.fromkeys(m.arch for m in REGISTRY.values()))
 
 
 def entries() -> list[ModelEntry]:
+    """Every registered entry, in registry order."""
     return list(REGISTRY.values())
-
-
-# The bundled demo pair is an ordinary entry; importing it last registers it with everything above.
-from . import demo as _demo  # noqa: E402,F401

@@ -40,7 +40,7 @@ def test_freeze_is_exact_for_one_layer():
     (ResNet's strided 3x3 DCLS included)."""
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(16, 32, 3, stride=2, padding=1, bias=False))
-    dcls.apply_recipe(net, zoo.DclsRecipe(zoo.CONV_3X3, 7, 5, "v0"))
+    dcls.apply_recipe(net, zoo.DclsRecipe(rule=zoo.CONV_3X3, dilated_kernel_size=7, kernel_count=5, version="v0"))
     x = torch.randn(1, 16, 20, 20)
     with torch.no_grad():
         a = net(x)

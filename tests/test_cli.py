@@ -22,6 +22,12 @@ CASES = [
 ]
 
 
+
+def rhos(res: dict) -> dict:
+    """map → ρ of the one model in an ``explain`` result.json (the app's manifest for that model)."""
+    (mod,) = res["models"].values()
+    return {m: s["spearman"] for m, s in mod["scores"].items()}
+
 def run_cli(*args, env=None, check=True):
     e = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     r = subprocess.run([sys.executable, "-m", "dclsviz", *map(str, args)], capture_output=True, text=True,
@@ -47,17 +53,18 @@ def test_explain_matches_goldens(id_, target_key, handover, kit, fake, tmp_path)
             man["variant"], *where, "--target", target, "--device", "cpu", "--out", out,
             env={"DCLSVIZ_CACHE": str(tmp_path / "cache"), "TORCH_HOME": str(tmp_path / "torch")})
     res = json.loads((out / "result.json").read_text())
-    assert res["arch"] == man["arch"] and res["variant"] == man["variant"] and res["target"] == target
+    mod = res["models"][man["variant"]]
+    assert mod["arch"] == man["arch"] and mod["variant"] == man["variant"] and mod["target"] == target
     from dclsviz.download import sha256_file
 
-    assert res["checkpoint_sha256"] == sha256_file(path)
-    assert res["spearman"] == {"gradcam": None, "threshold_gradcam": None} and res["has_human_map"] is False
+    assert mod["checkpoint_sha256"] == sha256_file(path) and mod["checkpoint"] == str(path)
+    assert rhos(res) == {"gradcam": None, "threshold_gradcam": None} and res["has_human_map"] is False
     assert {"torch", "timm", "dcls"} <= set(res["versions"])
     logits = np.load(out / "logits.npy")
     assert logits.dtype == np.float32 and logits.shape == (1000,)
     assert np.all(np.abs(logits - g["logits"]) <= 1e-4 + 1e-4 * np.abs(g["logits"]))
-    assert [c for c, _ in res["top5"]][0] == int(g["top1_class"])
-    probs = [p for _, p in res["top5"]]
+    assert [c for c, _, _ in mod["top5"]][0] == int(g["top1_class"])
+    probs = [p for _, p, _ in mod["top5"]]
     assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-9
     for ours, gold in (("gradcam", "gradcam_224"), ("gradcam_lowres", "gradcam_lowres")):
         m = np.load(out / f"{ours}.npy")
@@ -86,8 +93,8 @@ def test_explain_reports_spearman_against_a_human_map(kit, fake, tmp_path):
     hmap = human.human_map(hm)
     for m in ("gradcam", "threshold_gradcam"):
         expect = metrics.spearman(np.load(out / f"{m}.npy"), hmap)
-        assert res["spearman"][m] == pytest.approx(expect, abs=1e-12)
-        assert -1 <= res["spearman"][m] <= 1
+        assert rhos(res)[m] == pytest.approx(expect, abs=1e-12)
+        assert -1 <= rhos(res)[m] <= 1
 
 
 def test_bad_inputs_give_clear_errors(tmp_path):
@@ -149,7 +156,7 @@ def test_result_json_is_strict_json_when_rho_is_undefined(tmp_path):
         raise AssertionError(f"result.json holds {constant}, which is not JSON")
 
     res = json.loads((tmp_path / "o" / "result.json").read_text(), parse_constant=fail)
-    assert res["spearman"] == {"gradcam": None, "threshold_gradcam": None} and res["target"] == 3
+    assert rhos(res) == {"gradcam": None, "threshold_gradcam": None} and res["models"]["dcls"]["target"] == 3
 
 
 def test_json_writer_turns_non_finite_numbers_into_null(tmp_path):

@@ -134,14 +134,14 @@ def test_non_finite_parameters_spoil_the_same_cells(version):
 def test_freeze_builds_the_kernel_on_the_layer_device_and_keeps_the_conv_exact():
     torch.manual_seed(1)
     net = nn.Sequential(nn.Conv2d(16, 32, 3, stride=2, padding=1, bias=True)).to(TEST_DEVICE)
-    dcls.apply_recipe(net, zoo.DclsRecipe(zoo.CONV_3X3, 7, 5, "v0"))
+    dcls.apply_recipe(net, zoo.DclsRecipe(rule=zoo.CONV_3X3, dilated_kernel_size=7, kernel_count=5, version="v0"))
     net.to(TEST_DEVICE)
     live = net[0]
     kernel, bias = dcls.reference_kernel(live), live.bias.detach().clone()
     x = torch.randn(2, 16, 21, 21, device=TEST_DEVICE)
     with torch.no_grad():
         a = net(x)
-        assert dcls.freeze(net) == 1
+        assert [n for n, _, _ in dcls.freeze(net)] == ["0"]
         b = net(x)
     conv = net[0]
     assert type(conv) is nn.Conv2d and conv.weight.device == x.device and torch.equal(conv.bias, bias)
@@ -154,13 +154,13 @@ def test_layers_sharing_positions_freeze_each_with_its_own_weights():
     """A stage's layers share one P and so one set of taps; each kernel still comes from its own weights."""
     torch.manual_seed(2)
     net = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 4, 3, padding=1))
-    dcls.apply_recipe(net, zoo.DclsRecipe(zoo.CONV_3X3, 5, 3, "v1"))
+    dcls.apply_recipe(net, zoo.DclsRecipe(rule=zoo.CONV_3X3, dilated_kernel_size=5, kernel_count=3, version="v1"))
     net.to(TEST_DEVICE)
     assert net[0].P is net[1].P and net[2].P is not net[1].P
     with torch.no_grad():
         net[1].P.uniform_(-3, 3)
     refs = [dcls.reference_kernel(m) for m in net]
-    assert dcls.freeze(net) == 3
+    assert [n for n, _, _ in dcls.freeze(net)] == ["0", "1", "2"]
     for i, (m, ref) in enumerate(zip(net, refs)):
         _assert_same_kernel(m.weight.detach(), ref, f"layer {i}")
     assert not torch.equal(net[0].weight, net[1].weight)
@@ -229,3 +229,24 @@ def test_building_in_threads_hides_only_the_dcls_notice(caplog):
     messages = [r.getMessage() for r in caplog.records]
     assert "a warning of our own" in messages
     assert not [m for m in messages if "conv2d" in m or "ImplicitGEMM" in m], messages
+
+
+def test_finite_weights_that_overflow_in_a_frozen_kernel_are_refused(tmp_path):
+    """Finite weights and positions prove a kernel finite only under the bound count * max|w|: weights near
+    float's maximum whose taps all land on one cell sum to infinity, and the load names that layer."""
+    from safetensors.torch import load_file, save_file
+
+    entry = zoo.get("demo", "dcls")
+    sd = load_file(str(zoo.ASSETS / entry.checkpoint.bundled))
+    sd["layer1.0.conv2.weight"].fill_(1e38)
+    sd["layer1.0.conv2.P"].zero_()  # every tap of every pair on the centre cell: 5 * 1e38 = inf
+    save_file(sd, str(tmp_path / "overflow.safetensors"))
+    with pytest.raises(checkpoints.CheckpointNotFinite, match=r"after loading.*'layer1\.0\.conv2\.weight'"):
+        models.load(entry, tmp_path / "overflow.safetensors", device="cpu")
+
+    sd["layer1.0.conv2.weight"].fill_(1e37)  # 5e37: within the bound, so proven finite, and it is
+    net = models.build(entry, init=False)
+    checkpoints.load_into(net, sd, entry)
+    frozen = {name: (k, proven) for name, k, proven in dcls.freeze(net)}
+    kernel, proven = frozen["layer1.0.conv2"]
+    assert proven and bool(torch.isfinite(kernel).all()) and float(kernel.max()) == pytest.approx(5e37, rel=1e-6)

@@ -105,10 +105,11 @@ def test_rows_equal_explain_cli(reference, tmp_path):
                 "--device", "cpu", "--out", d)
             res = json.loads((d / "result.json").read_text())
             row = rows["demo", variant, DEMO_SHARD.name, index]
-            assert int(row["label"]) == res["label"] and int(row["target"]) == res["target"]
-            assert int(row["predicted"]) == res["top5"][0][0]
+            mod = res["models"][variant]
+            assert int(row["label"]) == res["label"] and int(row["target"]) == mod["target"]
+            assert int(row["predicted"]) == mod["top5"][0][0]
             for m in MAPS:
-                want, got = res["spearman"][m], num(row[f"spearman_{m}"])
+                want, got = mod["scores"][m]["spearman"], num(row[f"spearman_{m}"])
                 assert (want is None) == (got is None)
                 if want is not None:
                     assert got == pytest.approx(want, abs=1e-6), (variant, index, m)

@@ -26,9 +26,10 @@ def test_explain_a_photo_offline(tmp_path):
     r = run_cli("explain", EXAMPLES[0], "--arch", "demo", "--variant", "dcls", "--out", out,
                 env={"DCLSVIZ_CACHE": str(tmp_path / "empty"), "HF_HUB_OFFLINE": "1"})
     res = json.loads((out / "result.json").read_text())
-    assert res["arch"] == "demo" and res["spearman"] == {"gradcam": None, "threshold_gradcam": None}
-    assert res["target"] == res["top5"][0][0]  # no label: the prediction is explained
-    assert res["top5_names"][0] in demo.CLASS_NAMES and "no human map" in r.stdout
+    mod = res["models"]["dcls"]
+    assert mod["arch"] == "demo" and all(s["spearman"] is None for s in mod["scores"].values())
+    assert mod["target"] == mod["top5"][0][0]  # no label: the prediction is explained
+    assert mod["top5"][0][2] in demo.CLASS_NAMES and "no human map" in r.stdout
     assert np.load(out / "gradcam.npy").shape == (224, 224)
 
 
@@ -39,12 +40,14 @@ def test_explain_a_clickme_record(index, tmp_path):
     run_cli("explain", "--clickme", f"{SHARD}:{index}", "--arch", "demo", "--variant", "baseline", "--out", out)
     res = json.loads((out / "result.json").read_text())
     record = clickme.ClickMeShard(SHARD)[index]
-    assert res["label"] == record.label and res["target"] == record.label
+    mod = res["models"]["baseline"]
+    assert res["label"] == record.label and mod["target"] == record.label
     human = record.human_map()
     np.testing.assert_allclose(np.load(out / "human.npy"), human, rtol=0, atol=0)
     for m in ("gradcam", "threshold_gradcam"):
-        assert res["spearman"][m] == pytest.approx(metrics.spearman(np.load(out / f"{m}.npy"), human), abs=1e-12)
-    assert res["spearman"]["gradcam"] is not None
+        rho = mod["scores"][m]["spearman"]
+        assert rho == pytest.approx(metrics.spearman(np.load(out / f"{m}.npy"), human), abs=1e-12)
+    assert mod["scores"]["gradcam"]["spearman"] is not None
 
 
 def test_unavailable_paper_checkpoint_offers_the_demo(tmp_path):

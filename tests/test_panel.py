@@ -49,7 +49,7 @@ def test_texts_name_the_model_and_only_the_shard_file(record):
 def test_undefined_rho_shows_no_overlap_scores(pair):
     image = np.asarray(Image.open(EXAMPLES[0]).convert("RGB"))
     flat = compare(pair, Sample.from_image(image, np.full(image.shape[:2], 7, np.uint8), name=str(EXAMPLES[0])))
-    assert all(o.scores[m]["spearman"] is None for o in flat.outputs.values() for m in MAPS)
+    assert all(o.scores[m].spearman is None for o in flat.outputs.values() for m in MAPS)
     texts = render.panel_texts(flat, CLASS_NAMES)
     assert texts["heading"].split(" · ")[1] == EXAMPLES[0].name
     for v in zoo.VARIANTS:

@@ -67,7 +67,7 @@ def test_reveal_follows_the_recorded_sides(pair, db, tmp_path):
             verdict = dcls_side if want == DCLS else ("B" if dcls_side == "A" else "A")
             other = BASE if want == DCLS else DCLS
             for m in MAPS:
-                rc, ro = mine[want].scores[m]["spearman"], mine[other].scores[m]["spearman"]
+                rc, ro = mine[want].scores[m].spearman, mine[other].scores[m].spearman
                 if rc is not None and ro is not None and rc != ro:
                     expected_agree[m][0] += 1
                     expected_agree[m][1] += rc > ro

@@ -42,7 +42,7 @@ def test_a_comparison_runs_through_the_decorated_function(tmp_path):
     sample = service.clickme_sample("", 3, cfg)
     c = service.run_comparison("demo", sample, "label", 0.3, "paper", cfg)
     assert set(c.outputs) == {"baseline", "dcls"} and c.sample.label == sample.label
-    assert all(o.scores["gradcam"]["spearman"] is not None for o in c.outputs.values())
+    assert all(o.scores["gradcam"].spearman is not None for o in c.outputs.values())
     assert "ZeroGPU" not in service.device_text(cfg)
 
 

@@ -198,7 +198,7 @@ def evaluate(entry: ModelEntry, shard_path: Path, checkpoint: Optional[Path] = N
         samples = [Sample.from_clickme(shard[i]) for i in range(lo, min(len(shard), lo + batch))]
         for s, out in zip(samples, explain_batch(loaded, samples, target="label")):
             correct += int(int(out.logits.argmax()) == s.label)
-            rhos.append(out.scores["gradcam"]["spearman"])
+            rhos.append(out.scores["gradcam"].spearman)
     summary = metrics.summarise(rhos)
     return {"n": len(shard), "accuracy": correct / max(len(shard), 1), "spearman_mean": summary["mean"],
             "spearman_undefined": summary["n_undefined"]}

@@ -136,7 +136,7 @@ def on_compare(tab: CompareTab, req: CompareRequest, progress=None) -> dict:
     # said once the result is there, so that a failed load is not buried under notes about the input
     for note in prepared.notes:
         gr.Warning(note)
-    if c.human is not None and any(o.scores[m]["spearman"] is None for o in c.outputs.values() for m in MAPS):
+    if c.human is not None and any(o.scores[m].spearman is None for o in c.outputs.values() for m in MAPS):
         gr.Warning("ρ is undefined where a map is constant: Spearman's ρ ranks pixels, and a constant map has no "
                    "ranking")
     shown = Shown(c, req.arch, prepared.human_source)

@@ -43,7 +43,7 @@ ROW_HEADERS = ["pair", "record", "label", "Baseline top-1", "DCLS top-1",
 def run_folder(cfg: AppConfig, arch: str, shard: Path, geometry_name: str, threshold: float, pair) -> Path:
     """Where this evaluation's rows live; other checkpoints or settings get another folder, never mixed rows."""
     key = "|".join([arch, str(shard.resolve()), geometry_name, repr(float(threshold)),
-                    *(pair[v].provenance().get("checkpoint_sha256") or "" for v in zoo.VARIANTS)])
+                    *(pair[v].provenance().checkpoint_sha256 or "" for v in zoo.VARIANTS)])
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return cfg.evaluation_dir / f"{arch}_{shard.stem}_{geometry_name}_{digest}"
 

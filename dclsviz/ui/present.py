@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Optional
 
 from .. import labels, limits, metrics, render
-from ..render import public_name
 from ..compare import MAP_TITLES, MAPS, Comparison
+from ..render import public_name
+from ..results import Provenance
 from . import storage
 from .service import VARIANT_TITLES, CheckpointSource
 
@@ -23,30 +24,28 @@ from .service import VARIANT_TITLES, CheckpointSource
 TOP_FRACTION = inspect.signature(metrics.dice_iou_many).parameters["top"].default
 
 
-def public_provenance(provenance: dict) -> dict:
+def public_provenance(provenance: Provenance) -> Provenance:
     """A model's provenance as clients see it: the checkpoint's file name and origin, never its path here."""
-    out = {k: v for k, v in provenance.items() if k != "checkpoint_path"}
-    path = provenance.get("checkpoint_path")
-    out["checkpoint_file"] = Path(path).name if path else None
-    return out
+    return dataclasses.replace(provenance, checkpoint_path=provenance.checkpoint_file)
 
 
 def public_view(comparison: Comparison) -> Comparison:
     """The comparison as responses show it (manifest, bundle): the same maps and scores, no server paths."""
-    outputs = {v: dataclasses.replace(o, provenance=public_provenance(o.provenance)) for v, o in comparison.outputs.items()}
-    return dataclasses.replace(comparison, sample=dataclasses.replace(comparison.sample, name=public_name(comparison.sample.name)),
-                               outputs=outputs)
+    outputs = {v: dataclasses.replace(o, provenance=public_provenance(o.provenance))
+               for v, o in comparison.outputs.items()}
+    sample = dataclasses.replace(comparison.sample, name=public_name(comparison.sample.name))
+    return dataclasses.replace(comparison, sample=sample, outputs=outputs)
 
 
 def provenance_text(comparison: Comparison) -> str:
     """One line naming each checkpoint (file name, origin, sha256 prefix) and the device."""
     parts = []
     for v, o in comparison.outputs.items():
-        p = public_provenance(o.provenance)
-        sha = (p.get("checkpoint_sha256") or "")[:12]
-        name = p["checkpoint_file"] or "in-memory weights"
-        parts.append(f"{VARIANT_TITLES[v]} `{name}` ({p.get('checkpoint_origin') or 'given'}, sha256 `{sha}`)")
-    dev = next(iter(comparison.outputs.values())).provenance.get("device", "?")
+        p = o.provenance
+        sha = (p.checkpoint_sha256 or "")[:12]
+        name = p.checkpoint_file or "in-memory weights"
+        parts.append(f"{VARIANT_TITLES[v]} `{name}` ({p.checkpoint_origin or 'given'}, sha256 `{sha}`)")
+    dev = next(iter(comparison.outputs.values())).provenance.device
     return f"**Checkpoints:** {' · '.join(parts)} · **computed on** `{dev}`"
 
 
@@ -92,10 +91,11 @@ def score_rows(comparison: Comparison) -> list[list[str]]:
     for v, o in comparison.outputs.items():
         for m in MAPS:
             sc = o.scores[m]
-            defined = sc["spearman"] is not None
-            delta = "" if v != "dcls" else (_fmt(comparison.delta(m)) if same_target(comparison) else "— (different classes)")
-            rows.append([VARIANT_TITLES[v], MAP_TITLES[m], _fmt(sc["spearman"]), delta, _fmt(sc["ceiling"]),
-                         _fmt(sc["dice"] if defined else None, False), _fmt(sc["iou"] if defined else None, False)])
+            defined = sc.spearman is not None
+            delta = "" if v != "dcls" else (_fmt(comparison.delta(m)) if same_target(comparison)
+                                            else "— (different classes)")
+            rows.append([VARIANT_TITLES[v], MAP_TITLES[m], _fmt(sc.spearman), delta, _fmt(sc.ceiling),
+                         _fmt(sc.dice if defined else None, False), _fmt(sc.iou if defined else None, False)])
     return rows
 
 
@@ -110,14 +110,14 @@ def top5_rows(comparison: Comparison, names) -> list[list[str]]:
 
 def rho_text(comparison: Comparison, variant: str, map_name: str) -> str:
     """The ρ line under one map."""
-    rho = comparison.outputs[variant].scores[map_name]["spearman"]
+    rho = comparison.outputs[variant].scores[map_name].spearman
     return f"**{render.fmt_rho(rho, comparison.human is not None)}**"
 
 
 def column_head(comparison: Comparison, variant: str, names) -> str:
     o = comparison.outputs[variant]
     (c1, p1) = o.top5[0]
-    arch = o.provenance["id"].split(".")[0]
+    arch = o.provenance.arch
     return (f"### {VARIANT_TITLES[variant]} · `{arch}`\nexplains **{labels.short_name(o.target, names)}** · top-1 "
             f"{labels.short_name(c1, names)} ({p1:.2f})")
 
@@ -184,7 +184,7 @@ def failure_status(message: str, previous: Optional[str]) -> str:
 
 def result_label(comparison: Comparison) -> str:
     """A short name for a comparison's result: its pair and input, for the stale-results note."""
-    arch = next(iter(comparison.outputs.values())).provenance["id"].split(".")[0]
+    arch = next(iter(comparison.outputs.values())).provenance.arch
     return f"{arch} on {public_name(comparison.sample.name) or 'an upload'}"
 
 
