@@ -168,8 +168,8 @@ def checkpoint_status(sources: list[CheckpointSource]) -> str:
                  "found": f"{s.origin} `{s.file_name}`",
                  "download": f"`{s.file_name}` is not on this server: it is downloaded from {s.url} on the first "
                              "Compare (needs internet access)",
-                 "missing": f"**`{s.file_name}` is not on this server, and downloads are off**: put it in "
-                            "$DCLSVIZ_CHECKPOINT_DIR, or use the demo pair"}[s.state]
+                 "missing": f"**`{s.file_name}` is not on this server, and downloads are off**: get it from "
+                            f"{s.url} and put it in $DCLSVIZ_CHECKPOINT_DIR, or use the demo pair"}[s.state]
         lines.append(f"- {VARIANT_TITLES[s.variant]}: {state}")
     return "\n".join(lines)
 
