@@ -83,10 +83,11 @@ def _load_model(args, entry):
 def cmd_explain(args) -> int:
     """One model on one input: the maps as .npy, result.json (the app's manifest for that one model) and
     panel.png (the app's exported figure, this model's row)."""
-    from . import human, images, render, zoo
+    from . import human, images, render, runtime, zoo
     from .compare import MAPS, Comparison, explain_batch
     from .labels import class_index
 
+    runtime.start(args.device)
     entry = zoo.get(args.arch, args.variant)
     human_raw = images.load_map(args.human) if args.human else None
     sample = _sample(args)

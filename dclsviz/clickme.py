@@ -373,22 +373,12 @@ def _scan_offsets(path: Path, size: int) -> tuple[list[int], list[tuple[int, str
     return offsets, damaged
 
 
-def _folder_writable(folder: Path) -> bool:
-    # Write bits are checked as well as access because root may write anywhere: a folder laid out
-    # read-only (such as a shared data folder) should not collect index files even then.
-    try:
-        mode = folder.stat().st_mode
-    except OSError:
-        return False
-    return bool(mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)) and os.access(folder, os.W_OK)
-
-
 class ClickMeShard:
     """Random access to the records of one ClickMe TFRecord shard.
 
-    The byte offset of every record is found once and kept in `<shard>.dclsviz-index.json` beside the
-    shard, or under `cache_root()/clickme-index/` when the shard's folder is read-only. The index is
-    rebuilt when the shard's size or modification time changes.
+    The byte offset of every record is found once and kept in `cache_root()/clickme-index/`, never beside the
+    shard; the index file is named after the shard's resolved path, size and modification time, so a changed
+    shard gets a fresh index.
 
     Damage stays contained: records are numbered over the whole records found, and `damaged` lists what
     the index had to skip as (byte offset, reason). A record whose data CRC fails raises for that record only.
@@ -415,11 +405,12 @@ class ClickMeShard:
 
     # index ------------------------------------------------------------------------------------------
 
-    def _index_candidates(self) -> tuple[Path, Path]:
-        beside = self.path.with_name(self.path.name + INDEX_SUFFIX)
-        key = hashlib.sha256(str(self.path.resolve()).encode()).hexdigest()[:16]
-        cached = cache_root() / "clickme-index" / f"{self.path.name}-{key}{INDEX_SUFFIX}"
-        return beside, cached
+    def _index_file(self) -> Path:
+        # The cache, never the shard's folder (a repository's assets, a shared kit): the name hashes the
+        # resolved path, size and mtime, so a changed or moved shard can never meet an old index.
+        st = self._fingerprint
+        key = hashlib.sha256(f"{self.path.resolve()}|{st['size']}|{st['mtime_ns']}".encode()).hexdigest()[:24]
+        return cache_root() / "clickme-index" / f"{self.path.name}-{key}{INDEX_SUFFIX}"
 
     def _read_index(self, p: Path) -> Optional[tuple[list[int], list[tuple[int, str]]]]:
         try:
@@ -441,24 +432,20 @@ class ClickMeShard:
         return offsets, [(o, why) for o, why in damaged]
 
     def _load_or_build_index(self) -> list[int]:
-        beside, cached = self._index_candidates()
-        for p in (beside, cached):
-            found = self._read_index(p)
-            if found is not None:
-                self.index_path = p
-                offsets, self.damaged = found
-                return offsets
-        offsets, self.damaged = _scan_offsets(self.path, self.size)
-        payload = {"version": INDEX_VERSION, "shard": self.path.name, "fingerprint": self._fingerprint,
-                   "offsets": offsets, "damaged": [list(d) for d in self.damaged]}
-        targets = ([beside] if _folder_writable(self.path.parent) else []) + [cached]
-        for p in targets:
-            try:
-                write_json(p, payload, indent=None)
-            except OSError:
-                continue
+        p = self._index_file()
+        found = self._read_index(p)
+        if found is not None:
             self.index_path = p
-            break
+            offsets, self.damaged = found
+            return offsets
+        offsets, self.damaged = _scan_offsets(self.path, self.size)
+        payload = {"version": INDEX_VERSION, "shard": str(self.path.resolve()), "fingerprint": self._fingerprint,
+                   "offsets": offsets, "damaged": [list(d) for d in self.damaged]}
+        try:
+            write_json(p, payload, indent=None)
+            self.index_path = p
+        except OSError:
+            pass  # an unwritable cache costs a rescan next time, nothing else
         return offsets
 
     # records ----------------------------------------------------------------------------------------

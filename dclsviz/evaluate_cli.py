@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from . import clickme, datapath, distributed, labels, limits, stats, zoo
+from . import clickme, datapath, distributed, labels, limits, runtime, stats, zoo
 from .cam import DEFAULT_THRESHOLD
 from .compare import MAP_TITLES
 from .evaluate import (DEFAULT_BATCH, SUMMARY_NAME, EvaluationError, evaluate, open_shards, resolve_shards,
@@ -132,11 +132,13 @@ def run(args) -> int:
             for offset, why in sh.damaged:
                 print(f"{name}: damaged at byte offset {offset}: {why}", file=sys.stderr)
     if rank is None:
+        runtime.start(args.device)
         unreadable: list[dict] = []
         skipped = evaluate(archs, variants, shards, items, out, device=args.device, progress=not args.no_progress,
                            skipped_records=unreadable, workers=_workers(args, 1), **common)
     else:
         device = distributed.device_for(rank, args.device)
+        runtime.start(device)
         with distributed.process_group(rank, device):
             skipped, unreadable = distributed.evaluate_ranked(
                 rank, archs, variants, shards, items, out, device=device, workers=_workers(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable, Optional, Sequence
 
@@ -146,37 +147,51 @@ def _sort_summary(rows: np.ndarray, top: Optional[float]):
     return order, ok, _centred_at_sorted(keys), above
 
 
-_pool: Optional[ThreadPoolExecutor] = None
-_pool_threads = 2
+class _HalvesPool:
+    """The threads that score the two halves of a batch; created on first use, under a lock (two requests
+    scoring at once must not each make one), and forgotten in a forked child (ZeroGPU's worker), which has
+    none of the parent's threads."""
+
+    def __init__(self, threads: int = 2):
+        self.threads = threads
+        self._executor: Optional[ThreadPoolExecutor] = None
+        self._lock = threading.Lock()
+        os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self) -> None:
+        self._executor, self._lock = None, threading.Lock()
+
+    def resize(self, n: int) -> None:
+        with self._lock:
+            old, self._executor, self.threads = self._executor, None, max(1, min(2, int(n)))
+        if old is not None:
+            old.shutdown(wait=False)
+
+    def map(self, fn, items) -> list:
+        if self.threads == 1:
+            return [fn(x) for x in items]
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="dclsviz-rank")
+            executor = self._executor
+        return list(executor.map(fn, items))
+
+
+_POOL = _HalvesPool()
 
 
 def set_pool_threads(n: int) -> None:
-    """Threads that score one batch (1: in the caller's thread). The app sets its per-request thread budget,
-    so that requests scoring at once never run more threads than there are cores."""
-    global _pool, _pool_threads
-    _pool_threads, _pool = max(1, min(2, int(n))), None
-
-
-def _forget_pool() -> None:
-    global _pool
-    _pool = None  # a forked child (ZeroGPU's worker) has none of the parent's pool threads
-
-
-os.register_at_fork(after_in_child=_forget_pool)
+    """Threads that score one batch (1: in the caller's thread). The runtime sets the app's per-request thread
+    budget here, so that requests scoring at once never run more threads than there are cores."""
+    _POOL.resize(n)
 
 
 def _in_halves(fn, arrays: tuple, *args) -> tuple:
     """``fn(*arrays, *args)`` on the first and second halves of the arrays on two threads, the tuples it
     returns joined. NumPy's sorts release the GIL."""
-    global _pool
     half = len(arrays[0]) // 2
     halves = (slice(0, half), slice(half, None))
-    if _pool_threads == 1:
-        parts = [fn(*(a[s] for a in arrays), *args) for s in halves]
-    else:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(_pool_threads, thread_name_prefix="dclsviz-rank")
-        parts = list(_pool.map(lambda s: fn(*(a[s] for a in arrays), *args), halves))
+    parts = _POOL.map(lambda s: fn(*(a[s] for a in arrays), *args), halves)
     return tuple(None if parts[0][i] is None else np.concatenate([q[i] for q in parts])
                  for i in range(len(parts[0])))
 

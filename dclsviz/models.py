@@ -1,7 +1,8 @@
 """Ready-to-explain models: built from a zoo entry, loaded strictly, DCLS frozen, on their device.
 
-Also a small LRU of loaded baseline/DCLS pairs, so the app keeps the last few pairs in memory
-instead of re-reading hundreds of megabytes per request.
+Also ``PairCache``, a small LRU of loaded baseline/DCLS pairs (the runtime holds one), so the app keeps
+the last few pairs in memory instead of re-reading hundreds of megabytes per request. The numeric
+policy (float32, no TF32) is the runtime's, set once at start (``runtime.set_float32_policy``).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class LoadedModel:
 
 
 def default_device() -> torch.device:
+    """CUDA when there is a GPU, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -74,10 +76,6 @@ def prepare(model: nn.Module, device: torch.device, channels_last: bool,
         ``dcls.freeze``'s ``(name, kernel, proven finite)`` of each frozen layer (empty without DCLS).
     """
     model.requires_grad_(False).eval()
-    if device.type == "cuda":
-        # TF32 keeps ~10 mantissa bits: CAM maps would drift ~1e-2 from the study's float32 numbers
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
     # before freezing, so the kernels are built on the target device and only the compact weights
     # and positions (not the dense kernels) cross to it
     model.to(device)
@@ -178,26 +176,3 @@ class PairCache:
 def _call_if_alive(method: weakref.WeakMethod) -> None:
     if (bound := method()) is not None:
         bound()
-
-
-_PAIRS = PairCache(capacity=2)
-
-
-def load_pair(arch: str, *, checkpoint_dir: Optional[Path] = None, device: Optional[torch.device] = None,
-              download: bool = True, progress: Optional[Callable[[str, int, Optional[int]], None]] = None,
-              cache: Optional[PairCache] = None) -> dict[str, LoadedModel]:
-    """The baseline and DCLS models of ``arch``, from the LRU when already loaded.
-
-    ``progress(variant, done_bytes, total_bytes)`` reports downloads.
-    """
-    from .zoo import VARIANTS, get
-
-    device = torch.device(device) if device is not None else default_device()
-
-    def loader():
-        return tuple(load(get(arch, v), checkpoint_dir=checkpoint_dir, device=device, download=download,
-                          progress=(lambda d, t, v=v: progress(v, d, t)) if progress else None)
-                     for v in VARIANTS)
-
-    key = (arch, str(device), str(checkpoint_dir) if checkpoint_dir else None)
-    return dict(zip(VARIANTS, (cache or _PAIRS).get(key, loader)))

@@ -720,15 +720,16 @@ def show(session: str, reviewer: str, position=None, *, pair=None, device=None,
          checkpoint_dir: Optional[PathLike] = None, db: Optional[PathLike] = None) -> Optional[Shown]:
     """Run both models on an item (default: the reviewer's ``next_item``) and store their scores; None when the
     reviewer is finished. ``pair``: the loaded {variant: LoadedModel} of the session's arch; by default
-    ``models.load_pair``."""
+    the runtime's (``runtime.current().load_pair``)."""
     info = get_session(session, db)
     it = next_item(session, reviewer, db) if position is None else item(session, position, db)
     if it is None:
         return None
     if pair is None:
-        from .models import load_pair
+        from .runtime import current
 
-        pair = load_pair(info.arch, device=device, checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir else None)
+        pair = current().load_pair(info.arch, device=device,
+                                   checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir else None)
     ids = {v: m.entry.arch for v, m in pair.items()}
     if set(pair) != set(zoo.VARIANTS) or set(ids.values()) != {info.arch}:
         raise ValueError(f"this session compares {info.arch}'s {' and '.join(zoo.VARIANTS)}; "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import copy
 import threading
 
@@ -110,21 +111,21 @@ def test_two_threads_on_one_model(live_and_frozen):
     inputs = [torch.rand(1, 3, 224, 224, generator=g) * 2 - 1 for _ in range(2)]
     targets = [3, 900]
     single = [engine.explain(x, t) for x, t in zip(inputs, targets)]
-    results: dict[int, list] = {0: [], 1: []}
-    barrier = threading.Barrier(2)
+    rounds = 3
+    barrier = threading.Barrier(len(inputs), timeout=120)
 
     def work(i):
-        barrier.wait()
-        for _ in range(3):
-            results[i].append(engine.explain(inputs[i], targets[i]))
+        barrier.wait()  # both threads inside explain() at once
+        return [engine.explain(inputs[i], targets[i]) for _ in range(rounds)]
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for i in range(2):
-        for r in results[i]:
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(inputs)) as pool:
+        futures = [pool.submit(work, i) for i in range(len(inputs))]
+        # result() re-raises a worker's exception here, so a failing worker fails the test
+        results = [f.result(timeout=600) for f in futures]
+    assert [len(r) for r in results] == [rounds] * len(inputs)
+    for i, runs in enumerate(results):
+        for r in runs:
+            assert int(r.targets[0]) == targets[i]
             np.testing.assert_allclose(r.logits, single[i].logits, rtol=0, atol=1e-5)
             np.testing.assert_allclose(r.gradcam, single[i].gradcam, rtol=0,
                                        atol=1e-5 * float(single[i].gradcam.max()) + 1e-12)

@@ -11,6 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import kit_data
+from kit_data import kit_input
+
 REPO = Path(__file__).resolve().parent.parent
 
 # one per family; (id, target key in the golden, how the file is handed over)
@@ -44,12 +47,14 @@ def test_explain_matches_goldens(id_, target_key, handover, kit, fake, tmp_path)
     folder.mkdir()
     path = folder / man["file_name"]
     fake.write_checkpoint(man, str(path), seed=0)
-    g = np.load(kit / "golden" / f"{id_}.npz")
+    g = kit_data.golden(id_)
     target = int(g[target_key])
     prefix = "top1_" if target_key == "top1_class" else ""
     out = tmp_path / "out"
     where = ["--checkpoint", path] if handover == "checkpoint" else ["--checkpoint-dir", folder]
-    run_cli("explain", "--input-tensor", kit / str(g["input_file"]), "--arch", man["arch"], "--variant",
+    x = tmp_path / "x.npy"
+    np.save(x, kit_input(str(g["input_file"])))
+    run_cli("explain", "--input-tensor", x, "--arch", man["arch"], "--variant",
             man["variant"], *where, "--target", target, "--device", "cpu", "--out", out,
             env={"DCLSVIZ_CACHE": str(tmp_path / "cache"), "TORCH_HOME": str(tmp_path / "torch")})
     res = json.loads((out / "result.json").read_text())
@@ -87,7 +92,8 @@ def test_explain_reports_spearman_against_a_human_map(kit, fake, tmp_path):
     hm = (255 * np.exp(-((yy - 100) ** 2 + (xx - 140) ** 2) / (2 * 40.0 ** 2))).astype(np.float32)
     np.save(tmp_path / "human.npy", hm)
     out = tmp_path / "out"
-    run_cli("explain", "--input-tensor", kit / "input_224.npy", "--arch", "convnext_tiny", "--variant", "baseline",
+    np.save(tmp_path / "x.npy", kit_input("input_224.npy"))
+    run_cli("explain", "--input-tensor", tmp_path / "x.npy", "--arch", "convnext_tiny", "--variant", "baseline",
             "--checkpoint", path, "--target", "pred", "--human", tmp_path / "human.npy", "--out", out)
     res = json.loads((out / "result.json").read_text())
     hmap = human.human_map(hm)

@@ -6,7 +6,6 @@ import http.server
 import json
 import os
 import shutil
-import stat
 import struct
 import threading
 from pathlib import Path
@@ -16,6 +15,7 @@ import numpy as np
 import pytest
 import simplejpeg
 
+import kit_data
 from dclsviz import clickme
 from dclsviz.clickme import ClickMeFormatError, ClickMeShard
 
@@ -33,9 +33,8 @@ def kit_shard(kit: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def golden(kit: Path):
-    with np.load(kit / "clickme" / "golden_clickme.npz") as g:
-        return {k: g[k] for k in g.files}
+def golden():
+    return kit_data.clickme_golden()
 
 
 @pytest.fixture(scope="module")
@@ -190,51 +189,68 @@ def test_undecodable_image_names_the_record(tmp_path):
         shard[1].image_u8()
 
 
-def test_index_is_cached_beside_a_writable_shard_and_rebuilt_on_change(kit_shard, tmp_path):
+def _index_files(cache: Path) -> list[Path]:
+    return sorted((cache / "clickme-index").glob("*" + clickme.INDEX_SUFFIX))
+
+
+def test_index_lives_in_the_cache_and_a_changed_shard_gets_a_fresh_one(kit_shard, tmp_path):
     path = _copy(kit_shard, tmp_path / "val-0.tfrecords")
+    cache = tmp_path / "cache"
     first = ClickMeShard(path)
-    index = path.with_name(path.name + ".dclsviz-index.json")
-    assert first.index_path == index and index.is_file()
-    stamp = index.stat().st_mtime_ns
-    assert json.loads(index.read_text())["offsets"] == first.offsets
+    assert first.index_path is not None and first.index_path.parent == cache / "clickme-index"
+    assert _index_files(cache) == [first.index_path] and sorted(os.listdir(tmp_path)) == ["cache", "val-0.tfrecords"]
+    stamp = first.index_path.stat().st_mtime_ns
+    assert json.loads(first.index_path.read_text())["offsets"] == first.offsets
     second = ClickMeShard(path)
-    assert second.index_path == index and second.offsets == first.offsets
-    assert index.stat().st_mtime_ns == stamp  # read, not rewritten
+    assert second.index_path == first.index_path and second.offsets == first.offsets
+    assert first.index_path.stat().st_mtime_ns == stamp  # read, not rewritten
+
+    # same size, other mtime: the old index names another file and is never read for this shard
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+    touched = ClickMeShard(path)
+    assert touched.index_path not in (None, first.index_path) and touched.offsets == first.offsets
+    assert json.loads(touched.index_path.read_text())["fingerprint"]["mtime_ns"] == path.stat().st_mtime_ns
 
     recs = [(r.image_jpeg, r.heatmap_jpeg, r.label) for r in first]
     clickme.write_shard(path, recs[:5])
     changed = ClickMeShard(path)
+    assert changed.index_path not in (first.index_path, touched.index_path)
     assert len(changed) == 5 and changed[4].label == recs[4][2]
-    assert json.loads(index.read_text())["fingerprint"]["size"] == path.stat().st_size
+    assert json.loads(changed.index_path.read_text())["fingerprint"]["size"] == path.stat().st_size
+    assert len(_index_files(cache)) == 3
 
 
-def test_index_goes_to_the_cache_for_a_read_only_folder(kit_shard, tmp_path):
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    path = _copy(kit_shard, folder / "val-3.tfrecords")
-    folder.chmod(stat.S_IRUSR | stat.S_IXUSR | stat.S_IRGRP | stat.S_IXGRP)
-    try:
-        shard = ClickMeShard(path)
-        cache_dir = tmp_path / "cache" / "clickme-index"
-        assert shard.index_path is not None and shard.index_path.parent == cache_dir
-        assert sorted(os.listdir(folder)) == ["val-3.tfrecords"]
-        again = ClickMeShard(path)
-        assert again.index_path == shard.index_path and again.offsets == shard.offsets
-        assert again[7].label == ClickMeShard(kit_shard)[7].label
-    finally:
-        folder.chmod(stat.S_IRWXU)
+def test_an_index_whose_fingerprint_disagrees_is_not_used(kit_shard, tmp_path):
+    path = _copy(kit_shard, tmp_path / "val-1.tfrecords")
+    index = ClickMeShard(path).index_path
+    payload = json.loads(index.read_text())
+    payload["offsets"] = payload["offsets"][:3]
+    payload["fingerprint"]["size"] += 1
+    index.write_text(json.dumps(payload))
+    assert len(ClickMeShard(path)) == 12
 
 
-def test_kit_folder_without_write_bits_stays_untouched(kit_shard):
-    before = sorted(os.listdir(kit_shard.parent))
-    shard = ClickMeShard(kit_shard)
-    if os.stat(kit_shard.parent).st_mode & 0o222:
-        # A kit copied somewhere writable gets its index beside it, by design; tidy it away.
-        assert shard.index_path == kit_shard.with_name(kit_shard.name + clickme.INDEX_SUFFIX)
-        shard.index_path.unlink()
-    else:
-        assert shard.index_path is not None and shard.index_path.parent.name == "clickme-index"
-    assert sorted(os.listdir(kit_shard.parent)) == before
+def _snapshot(folder: Path) -> list[tuple[str, int, int]]:
+    return sorted((str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*"))
+
+
+def test_opening_shards_leaves_their_folders_untouched(kit_shard, tmp_path):
+    """The repository's demo shard, the kit's sample in tests/data and a writable kit-like copy: no file beside
+    any of them appears or changes, however often they are opened."""
+    from dclsviz import zoo
+    import dclsviz.demo
+
+    kit_like = tmp_path / "conformance" / "clickme"
+    shutil.copytree(kit_shard.parent, kit_like)
+    shards = [zoo.ASSETS / dclsviz.demo.SHARD, kit_shard, kit_like / kit_shard.name]
+    before = {s.parent: _snapshot(s.parent) for s in shards}
+    for _ in range(2):
+        for s in shards:
+            assert ClickMeShard(s).index_path.parent == tmp_path / "cache" / "clickme-index"
+    assert {s.parent: _snapshot(s.parent) for s in shards} == before
+    assert not any(name.endswith(clickme.INDEX_SUFFIX) for s in shards for name in os.listdir(s.parent))
+    assert len(_index_files(tmp_path / "cache")) == 3
 
 
 def test_parse_spec():

@@ -18,6 +18,8 @@ import torch
 from dclsviz import checkpoints, models, zoo
 from dclsviz.cam import CamEngine
 from conftest import TEST_DEVICE
+import kit_data
+from kit_data import kit_input
 
 IDS = [e.id for e in zoo.entries() if e.arch != "demo"]
 
@@ -96,8 +98,8 @@ def test_checkpoint_loads_and_matches_goldens(id_, kit, fake, cache):
     assert not any(p.requires_grad for p in loaded.model.parameters())
     target.unlink()
 
-    g = np.load(kit / "golden" / f"{id_}.npz")
-    x = torch.from_numpy(np.load(kit / str(g["input_file"])))
+    g = kit_data.golden(id_)
+    x = torch.from_numpy(kit_input(str(g["input_file"])))
     engine = CamEngine(loaded)
     logits_gold = g["logits"]
     for prefix, cls in (("", int(g["target_class"])), ("top1_", int(g["top1_class"]))):
@@ -145,14 +147,21 @@ def test_pickled_code_is_refused(cache):
     """A checkpoint that pickles an arbitrary callable is rejected before anything runs."""
     import os
 
+    marker = cache / "payload-ran"
+
     class Evil:
         def __reduce__(self):
-            return (os.system, ("echo should-not-run",))
+            return (os.makedirs, (str(marker),))
 
     path = cache / "evil.pth"
     torch.save({"model": Evil()}, path)
+    assert not marker.exists()
     with pytest.raises(checkpoints.CheckpointMismatch, match="without running pickled code"):
         checkpoints.read_file(path)
+    assert not marker.exists(), "the pickled payload ran"
+    # the same file does run its payload when unpickled without the allowlist: the marker can appear
+    torch.load(path, weights_only=False)
+    assert marker.is_dir()
 
 
 def test_missing_checkpoint_says_how_to_get_it(cache):
@@ -178,6 +187,6 @@ def test_checkpoint_dir_and_safetensors(kit, fake, cache, monkeypatch):
     fake.write_checkpoint(man, str(st), seed=0, fmt="safetensors")
     a = models.load(zoo.get("resnet50", "baseline"), st, device=TEST_DEVICE)
     b = models.load(zoo.get("resnet50", "baseline"), r.path, device=TEST_DEVICE)
-    x = torch.from_numpy(np.load(kit / "input_224.npy")).to(a.device)
+    x = torch.from_numpy(kit_input("input_224.npy")).to(a.device)
     with torch.no_grad():
         assert torch.equal(a.model(x), b.model(x))

@@ -1,22 +1,20 @@
 """The human-map pipeline against the TF reference outputs of the ClickMe conformance kit."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import simplejpeg
 import torch
 import torch.nn.functional as F
 
+import kit_data
 from dclsviz import human
 
 N_RECORDS = 12
 
 
 @pytest.fixture(scope="module")
-def golden(kit: Path):
-    with np.load(kit / "clickme" / "golden_clickme.npz") as g:
-        return {k: g[k] for k in g.files}
+def golden():
+    return kit_data.clickme_golden()
 
 
 def _jpeg(golden, kind: str, i: int) -> bytes:

@@ -1,29 +1,27 @@
 """Spearman, Dice/IoU and the dataset score against the reference values of the ClickMe conformance kit."""
 
-import json
 import re
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.stats
 import torch
 
+import kit_data
 from dclsviz import metrics
 from dclsviz.clickme import ClickMeShard
 from conftest import TEST_DEVICE
 
 
 @pytest.fixture(scope="module")
-def gm(kit: Path):
-    with np.load(kit / "clickme" / "golden_metric.npz") as g:
-        return {k: g[k] for k in g.files}
+def gm():
+    return kit_data.metric_golden()
 
 
 @pytest.fixture(scope="module")
-def cases(kit: Path):
-    return json.loads((kit / "clickme" / "golden_metric_cases.json").read_text())
+def cases():
+    return kit_data.metric_cases()
 
 
 def _model_map(gm, i):

@@ -84,10 +84,10 @@ def test_scores_are_the_same_whatever_the_scoring_threads():
     try:
         metrics.set_pool_threads(1)
         inline = metrics.score_pairs(maps, humans), metrics.score_pairs(maps[:1], humans[:1])
-        assert metrics._pool is None
+        assert metrics._POOL._executor is None
         metrics.set_pool_threads(2)
         pooled = metrics.score_pairs(maps, humans), metrics.score_pairs(maps[:1], humans[:1])
-        assert metrics._pool is not None
+        assert metrics._POOL._executor is not None
     finally:
         metrics.set_pool_threads(2)
     assert inline == pooled

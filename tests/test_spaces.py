@@ -8,16 +8,19 @@ with our durations. What cannot run without a Space: the scheduling API and the 
 
 from __future__ import annotations
 
+import http.server
 import json
 import pickle
 import subprocess
 import sys
+import threading
+import urllib.parse
 from pathlib import Path
 
 import pytest
 import spaces
 
-from dclsviz import models
+from dclsviz import models, runtime
 from dclsviz.ui import service
 
 REPO = Path(__file__).resolve().parent.parent
@@ -55,7 +58,7 @@ def test_the_pair_is_loaded_before_the_gpu_function_which_finds_it_in_the_lru(tm
 
     @service.on_gpu(7, pairs=lambda arch, cfg: [arch])
     def inside(arch, cfg):
-        seen["cached_at_entry"] = models._PAIRS.keys()
+        seen["cached_at_entry"] = runtime.current().pairs.keys()
         seen["download"] = cfg.download
         return service.load_pair(arch, cfg)
 
@@ -208,5 +211,74 @@ def test_a_forked_worker_can_score_with_the_scoring_pool():
     rng = np.random.default_rng(0)
     maps, humans = rng.random((1, 2, 24, 24)), rng.random((1, 24, 24))
     here = metrics.score_pairs(maps, humans)  # one image: its rows are sorted on the pool's threads
-    assert metrics._pool is not None
+    assert metrics._POOL._executor is not None
     assert _in_forked_child(lambda: metrics.score_pairs(maps, humans)) == here
+    with metrics._POOL._lock:  # a request thread is making the pool at the moment of the fork
+        assert _in_forked_child(lambda: metrics.score_pairs(maps, humans)) == here
+
+
+ZERO_GPU_CALL_SCRIPT = r"""
+import http.server
+import json
+import spaces  # first, as on a Space
+from dclsviz import models, runtime
+from dclsviz.ui import service
+
+ran = []
+
+@service.on_gpu(11, pairs=lambda arch, cfg: [arch])
+def inside(arch, cfg):
+    ran.append(arch)
+
+out = {"zero_gpu": service.zero_gpu(), "real_decorator": service._spaces_gpu() is spaces.GPU}
+try:
+    inside("demo", service.AppConfig())
+    out["error"] = None
+except BaseException as e:
+    out["error"] = type(e).__name__ + ": " + str(e)
+out["ran_here"] = ran
+out["pair_loaded_first"] = any(k[0] == "demo" for k in runtime.current().pairs.keys())
+print("RESULT" + json.dumps(out))
+"""
+
+
+class _DeviceApi(http.server.BaseHTTPRequestHandler):
+    """Where a Space's ZeroGPU scheduler would be: records each request and answers that no GPU is free."""
+
+    seen: list = []
+
+    def do_POST(self):
+        type(self).seen.append(self.path)
+        self.send_response(503)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_call_goes_through_the_real_decorator_to_the_zero_gpu_scheduler(tmp_path):
+    """A decorated call under SPACES_ZERO_GPU=1, as far as it runs without a Space: our wrapper loads the pair in
+    this process, then the real ``spaces.GPU`` handler asks the device API for a GPU with our duration. The API
+    says no GPU is free, so the function never runs here, and the refusal reaches the caller."""
+    _DeviceApi.seen = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _DeviceApi)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "SPACES_ZERO_GPU": "true",
+               "SPACES_ZERO_DEVICE_API_URL": f"http://127.0.0.1:{server.server_address[1]}",
+               "ZEROGPU_OFFLOAD_DIR": str(tmp_path / "offload"), "GRADIO_ANALYTICS_ENABLED": "False",
+               "HF_HUB_OFFLINE": "1", "DCLSVIZ_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(REPO)}
+        r = subprocess.run([sys.executable, "-c", ZERO_GPU_CALL_SCRIPT], cwd=REPO, env=env, capture_output=True,
+                           text=True, timeout=300)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(next(l for l in r.stdout.splitlines() if l.startswith("RESULT"))[len("RESULT"):])
+    assert out["zero_gpu"] and out["real_decorator"] and out["pair_loaded_first"]
+    assert len(_DeviceApi.seen) == 1
+    url = urllib.parse.urlsplit(_DeviceApi.seen[0])
+    query = urllib.parse.parse_qs(url.query)
+    assert url.path == "/schedule" and query["durationSeconds"] == ["11"], _DeviceApi.seen
+    assert out["ran_here"] == [] and out["error"] is not None

@@ -17,7 +17,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .. import checkpoints, clickme, geometry, images, labels, limits, models, render, zoo
+from .. import checkpoints, clickme, geometry, images, labels, limits, models, render, runtime, zoo
 from ..compare import Comparison, Sample, compare
 from ..download import cache_root
 from . import storage
@@ -101,13 +101,8 @@ def apply_thread_budget(cfg: AppConfig) -> int:
 
     torch's thread count is process-wide, so it cannot differ per request: every request gets the same share.
     """
-    import torch
-
-    from .. import metrics
-
     n = cfg.thread_budget()
-    torch.set_num_threads(n)
-    metrics.set_pool_threads(n)
+    runtime.start(cfg.device, threads=n)
     return n
 
 
@@ -521,8 +516,8 @@ def load_pair(arch: str, cfg: AppConfig, progress: Optional[Progress] = None):
     if progress is not None:
         progress(0.05, desc=f"Loading the {arch} pair (first use takes longer)")
     try:
-        return models.load_pair(arch, checkpoint_dir=cfg.checkpoint_dir, device=cfg.device, download=cfg.download,
-                                progress=report)
+        return runtime.current().load_pair(arch, checkpoint_dir=cfg.checkpoint_dir, device=cfg.device,
+                                           download=cfg.download, progress=report)
     except checkpoints.CheckpointUnavailable as e:
         # the raw cause (a connection error's chain) is for the log; the visitor gets what to do
         log.warning("the %s checkpoints are unavailable: %s", arch, str(e).splitlines()[0][:500])
