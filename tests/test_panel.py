@@ -14,7 +14,7 @@ from PIL import Image
 from dclsviz import render, zoo
 from dclsviz.compare import MAPS, Sample, compare
 from dclsviz.demo import CLASS_NAMES
-from dclsviz.models import load_pair
+from dclsviz.runtime import Runtime
 
 pytest.register_assert_rewrite("app_fixtures")
 from app_fixtures import DEMO_SHARD, EXAMPLES, REPO  # noqa: E402
@@ -22,7 +22,7 @@ from app_fixtures import DEMO_SHARD, EXAMPLES, REPO  # noqa: E402
 
 @pytest.fixture(scope="module")
 def pair():
-    return load_pair("demo", device="cpu")
+    return Runtime("cpu").load_pair("demo")
 
 
 @pytest.fixture(scope="module")
