@@ -219,7 +219,7 @@ def shard_choices(cfg: AppConfig) -> list[tuple[str, str]]:
     out = []
     d = demo_shard()
     if d is not None:
-        out.append((f"demo: synthetic shapes ({d.name})", str(d)))
+        out.append((f"{d.name} (demo)", str(d)))  # short: a dropdown shows it whole
     for p in clickme.find_local_shards(cfg.clickme_dir):
         if d is None or p.resolve() != d.resolve():
             out.append((f"ClickMe {p.name}", str(p)))
