@@ -118,6 +118,7 @@ def cmd_explain(args) -> int:
 
 
 def cmd_models(args) -> int:
+    """Print every registry entry and where its checkpoint is (or how to get it)."""
     from . import checkpoints, zoo
 
     for e in zoo.entries():
@@ -132,6 +133,7 @@ def cmd_models(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The CLI's argument parser, one sub-command per job (explain, models, evaluate, review, demo)."""
     from .cam import DEFAULT_THRESHOLD
     from . import limits
     from .geometry import GEOMETRIES
@@ -184,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Run the CLI; an input error prints one ``error:`` line and returns 2, never a traceback."""
     args = build_parser().parse_args(argv)
     from .images import ImageError
 

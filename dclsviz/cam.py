@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .geometry import FRAME  # the frame in which maps are compared with human maps (one definition)
+from .geometry import FRAME
 from .models import LoadedModel
 
 DEFAULT_THRESHOLD = 0.3
@@ -77,6 +77,7 @@ class CamResult:
     gradient: Optional[np.ndarray] = None
 
     def top5(self, i: int = 0) -> list[tuple[int, float]]:
+        """The ``(class, probability)`` of image ``i``'s five most probable classes, softmax in float64."""
         logits = torch.from_numpy(self.logits[i]).double()
         p = torch.softmax(logits, 0)
         v, idx = p.topk(min(5, p.numel()))

@@ -32,10 +32,12 @@ class CheckpointError(RuntimeError):
 
 
 class CheckpointUnavailable(CheckpointError):
+    """No copy of the checkpoint here, and it cannot be downloaded (offline, or downloads off)."""
     pass
 
 
 class CheckpointMismatch(CheckpointError):
+    """A file that is not the entry's checkpoint: wrong keys or shapes, or a sha256 other than the expected one."""
     pass
 
 
@@ -45,17 +47,20 @@ class CheckpointNotFinite(CheckpointError):
 
 @dataclass(frozen=True)
 class ResolvedCheckpoint:
+    """A checkpoint file found for an entry: where, how it was found (``origin``) and its sha256."""
     path: Path
     origin: str  # "explicit", "bundled", "checkpoint-dir", "cache", "torch-hub", "huggingface-cache", "downloaded"
     sha256: str
 
 
 def checkpoint_dir_from_env() -> Optional[Path]:
+    """The folder of user-supplied checkpoint files, $DCLSVIZ_CHECKPOINT_DIR, if set."""
     value = os.environ.get("DCLSVIZ_CHECKPOINT_DIR")
     return Path(value).expanduser() if value else None
 
 
 def cache_dir() -> Path:
+    """Where downloaded checkpoints are kept (under the dclsviz cache root)."""
     return cache_root() / "checkpoints"
 
 
@@ -87,11 +92,13 @@ def _hf_hub_cached(repo: str) -> Optional[Path]:
 
 
 def hf_resolve_url(repo: str) -> str:
+    """The download URL of a Hugging Face repository's weights file (honours $HF_ENDPOINT)."""
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
     return f"{endpoint}/{repo}/resolve/main/{HF_FILE}"
 
 
 def local_candidates(entry: ModelEntry, checkpoint_dir: Optional[Path] = None) -> list[tuple[str, Path]]:
+    """Every ``(origin, path)`` where a local copy of ``entry``'s checkpoint may lie, in the order searched."""
     name = entry.checkpoint.file_name
     found = []
     for origin, folder in (("checkpoint-dir", checkpoint_dir or checkpoint_dir_from_env()),
@@ -108,6 +115,7 @@ def local_candidates(entry: ModelEntry, checkpoint_dir: Optional[Path] = None) -
 
 
 def find_local(entry: ModelEntry, checkpoint_dir: Optional[Path] = None) -> Optional[tuple[str, Path]]:
+    """The first local copy of ``entry``'s checkpoint that exists, as ``(origin, path)``, else None."""
     for origin, path in local_candidates(entry, checkpoint_dir):
         if path.is_file():
             return origin, path
@@ -115,6 +123,7 @@ def find_local(entry: ModelEntry, checkpoint_dir: Optional[Path] = None) -> Opti
 
 
 def how_to_get(entry: ModelEntry) -> str:
+    """A sentence telling a user where to download ``entry``'s checkpoint and where to put it."""
     urls = ", ".join(u for u in entry.checkpoint.urls if not u.startswith(HF_PREFIX))
     hub = "".join(f" (the same weights as safetensors: {hf_resolve_url(r)}, use it with --checkpoint PATH)"
                   for r in _hf_repos(entry))
@@ -264,6 +273,7 @@ KEY_FILTERS: dict[str, Callable[[Mapping[str, torch.Tensor], nn.Module], Mapping
 
 
 def map_keys(sd: Mapping[str, torch.Tensor], entry: ModelEntry, model: nn.Module) -> Mapping[str, torch.Tensor]:
+    """``sd`` renamed into timm's key names by the family's filter function (timm's ``checkpoint_filter_fn`` habit)."""
     try:
         return KEY_FILTERS[entry.family](sd, model)
     except KeyError as e:

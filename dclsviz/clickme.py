@@ -133,33 +133,40 @@ def _parse_feature(buf: bytes) -> tuple[str, list]:
     return kind, values
 
 
-def _parse_int64s(buf: bytes) -> list[int]:
-    out: list[int] = []
+def _repeated(buf: bytes, scalar_wire: int, scalar, packed) -> list:
+    """A repeated field 1 of a list message: each entry is one scalar (``scalar(value)``) or a packed run
+    (``packed(bytes)``, the proto3 default that TensorFlow writes); a parser accepts both."""
+    out: list = []
     for num, wire, value in _fields(buf):
         if num != 1:
             continue
-        if wire == 0:
-            out.append(_int64(value))
-        elif wire == 2:  # packed, the proto3 default that TensorFlow writes
-            pos = 0
-            while pos < len(value):
-                v, pos = _varint(value, pos)
-                out.append(_int64(v))
+        if wire == scalar_wire:
+            out.append(scalar(value))
+        elif wire == 2:
+            out.extend(packed(value))
     return out
+
+
+def _packed_int64s(value: bytes) -> list[int]:
+    out, pos = [], 0
+    while pos < len(value):
+        v, pos = _varint(value, pos)
+        out.append(_int64(v))
+    return out
+
+
+def _packed_floats(value: bytes) -> tuple[float, ...]:
+    if len(value) % 4:
+        raise _ProtoError("packed float list is not a multiple of 4 bytes")
+    return struct.unpack(f"<{len(value) // 4}f", value)
+
+
+def _parse_int64s(buf: bytes) -> list[int]:
+    return _repeated(buf, 0, _int64, _packed_int64s)
 
 
 def _parse_floats(buf: bytes) -> list[float]:
-    out: list[float] = []
-    for num, wire, value in _fields(buf):
-        if num != 1:
-            continue
-        if wire == 5:
-            out.append(struct.unpack("<f", struct.pack("<I", value))[0])
-        elif wire == 2:
-            if len(value) % 4:
-                raise _ProtoError("packed float list is not a multiple of 4 bytes")
-            out.extend(struct.unpack(f"<{len(value) // 4}f", value))
-    return out
+    return _repeated(buf, 5, lambda bits: struct.unpack("<f", struct.pack("<I", bits))[0], _packed_floats)
 
 
 def parse_example(data: bytes) -> dict[str, tuple[str, list]]:
@@ -232,6 +239,7 @@ class ClickMeRecord:
 
     @property
     def where(self) -> str:
+        """The record's place, for messages: shard, index and byte offset."""
         return f"{self.shard} record {self.index} (byte offset {self.offset})"
 
     def image_u8(self) -> np.ndarray:

@@ -42,6 +42,7 @@ class Sample:
 
     @classmethod
     def from_clickme(cls, record) -> "Sample":
+        """A ClickMe record as a sample: its image, its human map and its label."""
         return cls(record.image_u8(), record.human_map(), int(record.label), f"{record.shard}:{record.index}")
 
     @classmethod
@@ -52,6 +53,7 @@ class Sample:
 
     @property
     def sha256(self) -> str:
+        """The sha256 of the pixels the models see (the input tensor when given): identifies the input in manifests."""
         h = hashlib.sha256()
         src = self.input_tensor.numpy() if self.input_tensor is not None else self.image
         h.update(np.ascontiguousarray(src).tobytes())
@@ -75,6 +77,7 @@ class ModelOutput:
     class_names: Sequence[str] = ()
 
     def class_name(self, index: int) -> str:
+        """The model's name for class ``index`` (the index itself beyond the list)."""
         return self.class_names[index] if index < len(self.class_names) else str(index)
 
     def record(self, class_names: Optional[Sequence[str]] = None, public: bool = True) -> dict:
@@ -174,6 +177,7 @@ class Comparison:
 
     @property
     def human(self) -> Optional[np.ndarray]:
+        """The human map in the comparison frame (both models share the frame), or None."""
         return next(iter(self.outputs.values())).human
 
     def frame_image(self) -> np.ndarray:

@@ -54,6 +54,7 @@ class Prepared:
         return [Sample(_NO_IMAGE, h, label, name) for h, label, name in zip(humans, self.labels, self.names)]
 
     def pin_memory(self) -> "Prepared":
+        """Page-lock the inputs (DataLoader calls this when the models are on CUDA)."""
         # DataLoader calls this in its pinning thread when the models are on CUDA: page-locked inputs are what
         # lets the copy to the device run asynchronously (non_blocking=True).
         self.inputs = {t: (x.pin_memory(), w) for t, (x, w) in self.inputs.items()}

@@ -101,6 +101,7 @@ def apply_recipe(model: nn.Module, recipe: DclsRecipe, init: bool = True) -> lis
 
 
 def dcls_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Every live ``Dcls2d`` of ``model``, as ``(name, module)``."""
     from DCLS.construct.modules import Dcls2d
 
     return [(n, m) for n, m in model.named_modules() if isinstance(m, Dcls2d)]
@@ -228,7 +229,7 @@ def _all_finite(x: torch.Tensor) -> bool:
 # taps per block of output channels: the temporaries (an int64 index and the coefficients, ~12 bytes a tap
 # corner) stay under the C allocator's mmap threshold, so each block reuses the last one's memory instead of
 # faulting in fresh pages: ResNet50's largest stage alone would need 63 MB of them
-_BLOCK_TAPS = 1 << 18
+_BLOCK_TAPS = 1 << 21
 
 
 @torch.no_grad()

@@ -37,6 +37,7 @@ class Rank:
 
     @property
     def main(self) -> bool:
+        """Rank 0: it merges the parts and writes the report."""
         return self.rank == 0
 
     def part(self, out: Path) -> Path:
@@ -92,6 +93,7 @@ def all_gather(value) -> list:
 
 
 def barrier() -> None:
+    """Wait until every rank gets here."""
     import torch.distributed as dist
 
     dist.barrier()

@@ -32,6 +32,7 @@ def cache_root() -> Path:
 
 
 def sha256_file(path: Path) -> str:
+    """The sha256 of a file, read in blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(CHUNK), b""):

@@ -77,10 +77,12 @@ class ModelEntry:
 
     @property
     def id(self) -> str:
+        """``arch.variant``, the entry's key in the registry."""
         return f"{self.arch}.{self.variant}"
 
     @property
     def input_size(self) -> int:
+        """The side of the square input the model sees."""
         return self.transform.crop
 
 

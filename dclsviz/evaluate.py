@@ -63,6 +63,7 @@ class EvaluationError(ValueError):
 
 @dataclass(frozen=True)
 class Item:
+    """One record of a run: the shard's file name and the record's index in it."""
     shard: str  # the shard's file name: the key in per_image.csv, stable when the data folder moves
     index: int
 
@@ -84,6 +85,7 @@ def resolve_shards(paths: Sequence[os.PathLike]) -> list[Path]:
 
 
 def open_shards(paths: Sequence[Path]) -> dict[str, clickme.ClickMeShard]:
+    """The shards by file name; two shards with one file name are an error (rows are keyed by it)."""
     shards: dict[str, clickme.ClickMeShard] = {}
     for p in paths:
         if p.name in shards:
@@ -118,6 +120,7 @@ def _cell(v) -> str:
 
 
 def parse_float(s: str) -> Optional[float]:
+    """A CSV cell as a float; the empty cell is None (undefined)."""
     return None if s == "" else float(s)
 
 
@@ -221,6 +224,7 @@ class ResultStore:
         return f"{self.path}: " + "; ".join(notes) if notes else None
 
     def done(self, arch: str, variant: str) -> set[Item]:
+        """The items that already have a row for ``arch``'s ``variant``."""
         return {Item(k[2], k[3]) for k in self.rows if k[0] == arch and k[1] == variant}
 
     def __enter__(self) -> "ResultStore":
@@ -242,6 +246,7 @@ class ResultStore:
         os.fsync(self._file.fileno())
 
     def append(self, rows: list[dict]) -> None:
+        """Write ``rows`` at the end of the file (whole lines, flushed) and keep them in ``self.rows``."""
         self._write([row_cells(r) for r in rows])
         for r in rows:
             self.rows[tuple(r[k] for k in KEY)] = {c: (_cell(r[c]) if c != "index" else r[c]) for c in COLUMNS}
@@ -334,9 +339,11 @@ class RunRecord:
 
     @property
     def checkpoints(self) -> dict:
+        """Model id → the sha256 of the checkpoint its rows were computed with."""
         return self.data["checkpoints"]
 
     def check_checkpoint(self, model_id: str, sha256: Optional[str]) -> None:
+        """Record ``model_id``'s checkpoint; refuse one that differs from the checkpoint of its existing rows."""
         old = self.checkpoints.get(model_id)
         if old is not None and sha256 is not None and old != sha256:
             raise EvaluationError(f"{model_id}: the rows in {self.path.parent} come from checkpoint {old[:12]}…, "
@@ -346,6 +353,7 @@ class RunRecord:
             write_json(self.path, self.data)
 
     def save(self) -> None:
+        """Write run.json atomically."""
         write_json(self.path, self.data)
 
 
@@ -375,6 +383,7 @@ class _Run:
     items: Sequence[Item]
     store: ResultStore
     record: RunRecord
+    pending: dict[tuple[str, str], set[Item]]  # (arch, variant) -> the items without a row yet
     workers: int
     bar: tqdm
     log: Callable[[str], None]
@@ -383,6 +392,21 @@ class _Run:
     batch_size: int
     on_progress: Optional[Callable[[int, int], None]]
     unreadable: dict[Item, str]
+
+    @classmethod
+    def start(cls, out: Path, shards, items: Sequence[Item], archs, variants, *, geometry: str, threshold: float,
+              batch_size: int, workers: int, log, progress: bool, on_progress) -> "_Run":
+        """Record the run's settings, open its rows (repairing a torn file) and find what is left to do.
+        The caller holds ``folder_lock(out)``."""
+        record = RunRecord(out, geometry, threshold)
+        record.save()
+        store = ResultStore(out / CSV_NAME)
+        if store.repair_note():
+            log(store.repair_note())
+        pending = {(a, v): {it for it in items if it not in store.done(a, v)} for a in archs for v in variants}
+        return cls(shards, items, store, record, pending, workers,
+                   _progress(sum(len(p) for p in pending.values()), progress), log, threshold, geometry,
+                   batch_size, on_progress, {})
 
 
 def evaluate(archs: Sequence[str], variants: Sequence[str], shards: dict[str, clickme.ClickMeShard],
@@ -402,44 +426,43 @@ def evaluate(archs: Sequence[str], variants: Sequence[str], shards: dict[str, cl
     checkpoint is unavailable. ``workers``: processes that read, decode and preprocess the records
     (``datapath``); 0 does it in a thread of this process, a batch ahead of the models.
     """
-    import torch
-
-    from .models import load
-
-    # through tqdm, so a message does not land in the middle of the progress bar's line
-    log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
     if batch_size < 1:
         raise EvaluationError("--batch-size must be at least 1")
-    device = torch.device(device) if device is not None else None
-    if loader is None:
-        def loader(arch, v):
-            entry = zoo.get(arch, v)
-            return load(entry, checkpoint_dir=checkpoint_dir, device=device, download=download,
-                        progress=_download_bar(entry.checkpoint.file_name, progress))
+    # through tqdm, so a message does not land in the middle of the progress bar's line
+    log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
+    loader = loader or _checkpoint_loader(device, checkpoint_dir, download, progress)
+    skipped: dict[str, str] = {}
     with folder_lock(out):
-        record = RunRecord(out, geometry, threshold)
-        record.save()
-        store = ResultStore(out / CSV_NAME)
-        if store.repair_note():
-            log(store.repair_note())
-        pending = {(a, v): [it for it in items if it not in store.done(a, v)] for a in archs for v in variants}
-        # Reading, decoding and preprocessing the next batch overlaps the models' work on this one.
-        run = _Run(shards, items, store, record, workers,
-                   _progress(sum(len(p) for p in pending.values()), progress), log, threshold, geometry,
-                   batch_size, on_progress, {})
-        skipped: dict[str, str] = {}
+        run = _Run.start(out, shards, items, archs, variants, geometry=geometry, threshold=threshold,
+                         batch_size=batch_size, workers=workers, log=log, progress=progress, on_progress=on_progress)
         try:
-            with store:
+            with run.store:
                 for arch in archs:
-                    todo = {v: set(pending[arch, v]) for v in variants if pending[arch, v]}
-                    if todo:
-                        _evaluate_arch(run, arch, todo, loader, skipped)
+                    if any(run.pending[arch, v] for v in variants):
+                        _evaluate_arch(run, arch, {v: run.pending[arch, v] for v in variants if run.pending[arch, v]},
+                                       loader, skipped)
         finally:
             run.bar.close()
     if skipped_records is not None:
         skipped_records.extend({"shard": it.shard, "index": it.index, "reason": why}
                                for it, why in run.unreadable.items())
     return skipped
+
+
+def _checkpoint_loader(device, checkpoint_dir: Optional[Path], download: bool, progress: bool):
+    """``loader(arch, variant)`` that loads the checkpoint (downloading it with a byte bar when allowed)."""
+    import torch
+
+    from .models import load
+
+    device = torch.device(device) if device is not None else None
+
+    def loader(arch: str, variant: str):
+        entry = zoo.get(arch, variant)
+        return load(entry, checkpoint_dir=checkpoint_dir, device=device, download=download,
+                    progress=_download_bar(entry.checkpoint.file_name, progress))
+
+    return loader
 
 
 def _evaluate_arch(run: _Run, arch: str, todo: dict[str, set[Item]], loader, skipped: dict[str, str]) -> None:
@@ -469,22 +492,25 @@ def _evaluate_arch(run: _Run, arch: str, todo: dict[str, set[Item]], loader, ski
                 run.unreadable[it] = why
                 run.log(f"skipping {it.shard} record {it.index}: {why}")
             run.bar.total -= sum(it in t for t in todo.values())
-        rows, samples = [], batch.samples
-        for v, lm in loaded.items():
-            idx = [i for i, it in enumerate(batch.items) if it in todo[v]]
-            if not idx:
-                continue
-            x, windows = batch.inputs[lm.entry.transform]
-            if len(idx) < len(batch.items):  # a resumed run: this model already has some of the batch
-                x, windows = x[idx], [windows[i] for i in idx]
-            outs = explain_batch(lm, [samples[i] for i in idx], TARGET, run.threshold, run.geometry,
-                                 engines[v], inputs=(x, windows))
-            rows.extend(output_row(arch, v, batch.items[i], batch.labels[i], o) for i, o in zip(idx, outs))
+        rows = [row for v, lm in loaded.items() for row in _batch_rows(run, arch, v, lm, engines[v], batch, todo[v])]
         if rows:
             run.store.append(rows)
         run.bar.update(len(rows))
         if run.on_progress is not None:
             run.on_progress(run.bar.n, run.bar.total)
+
+
+def _batch_rows(run: _Run, arch: str, variant: str, lm, engine, batch, todo: set[Item]) -> list[dict]:
+    """One model's rows for the records of ``batch`` it still lacks (all of them, but in a resumed run)."""
+    idx = [i for i, it in enumerate(batch.items) if it in todo]
+    if not idx:
+        return []
+    x, windows = batch.inputs[lm.entry.transform]
+    if len(idx) < len(batch.items):
+        x, windows = x[idx], [windows[i] for i in idx]
+    outs = explain_batch(lm, [batch.samples[i] for i in idx], TARGET, run.threshold, run.geometry, engine,
+                         inputs=(x, windows))
+    return [output_row(arch, variant, batch.items[i], batch.labels[i], o) for i, o in zip(idx, outs)]
 
 
 # --- aggregation -------------------------------------------------------------------------------------
@@ -597,6 +623,35 @@ def data_report(shards: dict[str, clickme.ClickMeShard], skipped_records: Sequen
     return report
 
 
+def build_summary(rows: dict[tuple, dict], archs: Sequence[str], variants: Sequence[str],
+                  shards: dict[str, clickme.ClickMeShard], items: Sequence[Item], *, geometry: str, threshold: float,
+                  checkpoints: dict[str, Optional[str]], limit: Optional[int] = None, skipped: Optional[dict] = None,
+                  skipped_records: Sequence[dict] = (), n_resamples: int = stats.N_RESAMPLES,
+                  seed: int = stats.SEED) -> dict:
+    """The summary of ``rows`` (per-image rows by key, of one or more run folders) over ``items``: settings, the
+    data report, per-model means, paired statistics, checkpoints and versions. What summary.json holds.
+
+    Args:
+        checkpoints: model id → the sha256 the rows were computed with (a run record's ``checkpoints``).
+        skipped: arch → why it was not evaluated; skipped_records: records that could not be read.
+    """
+    result = summarise(rows, archs, variants, items, n_resamples=n_resamples, seed=seed)
+    return {"geometry": geometry, "threshold": threshold, "target": TARGET, "human_ceiling": metrics.HUMAN_CEILING,
+            "n_items": len(items), **data_report(shards, skipped_records), "limit": limit, "archs": list(archs),
+            "variants": list(variants), "skipped": dict(skipped or {}),
+            "checkpoints": {k: sha for k, sha in checkpoints.items()
+                            if k.rsplit(".", 1)[0] in archs and k.rsplit(".", 1)[1] in variants},
+            **result, "versions": versions()}
+
+
+def write_summary(folder: Path, summary: dict, title: str) -> None:
+    """summary.json, table1.txt and Figure 2 (scatter.png) of ``summary`` into ``folder``."""
+    write_json(folder / SUMMARY_NAME, summary)
+    # every requested architecture has its line: one that was skipped shows "-", not nothing
+    write_atomically(folder / TABLE_NAME, (table1(summary["models"], summary["archs"]) + "\n").encode())
+    scatter(summary["models"], folder / SCATTER_NAME, title)
+
+
 def write_report(out: Path, archs: Sequence[str], variants: Sequence[str], shards: dict[str, clickme.ClickMeShard],
                  items: Sequence[Item], *, geometry: str, threshold: float, limit: Optional[int] = None,
                  skipped: Optional[dict] = None, skipped_records: Sequence[dict] = (),
@@ -605,14 +660,8 @@ def write_report(out: Path, archs: Sequence[str], variants: Sequence[str], shard
     with folder_lock(out):
         record = RunRecord(out, geometry, threshold)
         rows = ResultStore(out / CSV_NAME, read_only=True).rows
-        result = summarise(rows, archs, variants, items, n_resamples=n_resamples, seed=seed)
-        summary = {"geometry": geometry, "threshold": threshold, "target": TARGET,
-                   "human_ceiling": metrics.HUMAN_CEILING, "n_items": len(items), **data_report(shards, skipped_records),
-                   "limit": limit, "archs": list(archs), "variants": list(variants), "skipped": dict(skipped or {}),
-                   "checkpoints": {k: sha for k, sha in record.checkpoints.items()
-                                   if k.rsplit(".", 1)[0] in archs and k.rsplit(".", 1)[1] in variants},
-                   **result, "versions": versions()}
-        write_json(out / SUMMARY_NAME, summary)
-        (out / TABLE_NAME).write_text(table1(result["models"], archs) + "\n")
-        scatter(result["models"], out / SCATTER_NAME, f"{len(items)} images, {geometry} geometry, threshold {threshold}")
+        summary = build_summary(rows, archs, variants, shards, items, geometry=geometry, threshold=threshold,
+                                checkpoints=record.checkpoints, limit=limit, skipped=skipped,
+                                skipped_records=skipped_records, n_resamples=n_resamples, seed=seed)
+        write_summary(out, summary, f"{len(items)} images, {geometry} geometry, threshold {threshold}")
     return summary

@@ -24,6 +24,7 @@ from .geometry import GEOMETRIES
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
+    """The ``evaluate`` sub-command and its options."""
     p = subparsers.add_parser("evaluate", help="score models on ClickMe shards: per-image CSV, summary, "
                                                "paired statistics, Figure 2 and Table 1",
                               description="Score models against ClickMe human maps, resumably, and write the "
@@ -122,6 +123,7 @@ def _workers(args, ranks_here: int) -> int:
 
 
 def run(args) -> int:
+    """``evaluate``: score, resume or join ranks, then write the report; 1 when a model was skipped."""
     archs, variants, shards, items = _plan(args)
     rank = distributed.from_env()
     out: Path = args.out

@@ -36,6 +36,7 @@ class Window:
     width: float
 
     def pixels(self, h: int, w: int) -> tuple[int, int, int, int]:
+        """The window in pixels of an ``h`` × ``w`` image: ``(top, left, height, width)``."""
         return (round(self.top * h), round(self.left * w), max(1, round(self.height * h)),
                 max(1, round(self.width * w)))
 
@@ -48,6 +49,7 @@ def _resized_size(h: int, w: int, size: int) -> tuple[int, int]:
 
 
 def crop_window(h: int, w: int, t: Transform) -> Window:
+    """Where ``t``'s resize-then-centre-crop takes its input from, in an ``h`` × ``w`` image."""
     rh, rw = _resized_size(h, w, t.resize)
     top = int(round((rh - t.crop) / 2.0))
     left = int(round((rw - t.crop) / 2.0))
@@ -55,19 +57,32 @@ def crop_window(h: int, w: int, t: Transform) -> Window:
 
 
 def to_pil(image: np.ndarray | Image.Image) -> Image.Image:
+    """An RGB PIL image of an RGB uint8 array (or of a PIL image in any mode)."""
     if isinstance(image, Image.Image):
         return image.convert("RGB")
     return Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8), "RGB")
 
 
+def resize_crop(image: np.ndarray | Image.Image, t: Transform) -> tuple[torch.Tensor, Window]:
+    """The geometric part of ``t``, on the PIL image as the study's torchvision ``Compose`` does it: a uint8
+    (3, crop, crop) tensor, and the crop window it shows."""
+    pil = to_pil(image)
+    x = TF.resize(pil, t.resize, interpolation=InterpolationMode(t.interpolation), antialias=True)
+    x = TF.center_crop(x, [t.crop, t.crop])
+    return torch.from_numpy(np.asarray(x)).permute(2, 0, 1).contiguous(), crop_window(pil.height, pil.width, t)
+
+
+def normalise(x_u8: torch.Tensor, t: Transform) -> torch.Tensor:
+    """uint8 (..., 3, H, W) → float32 in ``t``'s normalisation: ``ToTensor`` then ``Normalize``, to the bit."""
+    mean = torch.tensor(t.mean, dtype=torch.float32).view(3, 1, 1)
+    std = torch.tensor(t.std, dtype=torch.float32).view(3, 1, 1)
+    return (x_u8.float().div(255) - mean) / std
+
+
 def preprocess(image: np.ndarray | Image.Image, t: Transform) -> tuple[torch.Tensor, Window]:
     """RGB uint8 image -> normalised (3, crop, crop) tensor, and the crop window it shows."""
-    pil = to_pil(image)
-    interp = InterpolationMode(t.interpolation)
-    x = TF.resize(pil, t.resize, interpolation=interp, antialias=True)
-    x = TF.center_crop(x, [t.crop, t.crop])
-    x = TF.normalize(TF.to_tensor(x), list(t.mean), list(t.std))
-    return x, crop_window(pil.height, pil.width, t)
+    x, window = resize_crop(image, t)
+    return normalise(x, t), window
 
 
 def crop_to_window(m: np.ndarray, window: Window, size: int = FRAME) -> np.ndarray:

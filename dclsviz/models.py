@@ -39,6 +39,7 @@ class LoadedModel:
 
     @property
     def cam_module(self) -> nn.Module:
+        """The module whose output is the CAM activation (the entry's ``cam_layer``)."""
         return self.model.get_submodule(self.entry.cam_layer)
 
     def provenance(self) -> Provenance:
@@ -151,6 +152,7 @@ class PairCache:
         self._key_locks = {}
 
     def get(self, key: tuple, loader: Callable[[], tuple[LoadedModel, LoadedModel]]):
+        """The pair under ``key``, loaded by ``loader()`` once when missing (other keys stay usable meanwhile)."""
         with self._lock:
             if key in self._pairs:
                 self._pairs.move_to_end(key)
@@ -169,6 +171,7 @@ class PairCache:
             return pair
 
     def keys(self) -> list[tuple]:
+        """The keys held, least recently used first."""
         with self._lock:
             return list(self._pairs)
 

@@ -66,10 +66,12 @@ class Provenance:
 
     @property
     def arch(self) -> str:
+        """The architecture part of the id."""
         return self.id.rsplit(".", 1)[0]
 
     @property
     def checkpoint_file(self) -> Optional[str]:
+        """The checkpoint's file name, without its folder."""
         return Path(self.checkpoint_path).name if self.checkpoint_path else None
 
     def as_dict(self, public: bool = True) -> dict:

@@ -339,6 +339,7 @@ class Source:
 
     @property
     def public_human(self) -> Optional[str]:
+        """The human map's file name, never its path on the server."""
         return Path(self.human).name if self.human else None
 
 

@@ -13,8 +13,13 @@ from types import MappingProxyType
 from typing import Iterable, Mapping
 
 from . import demo
-from .entries import (ASSETS, CONV_3X3, DEPTHWISE, DEPTHWISE_7X7, DEPTHWISE_SQUARE, IMAGENET_MEAN,  # noqa: F401
+from .entries import (ASSETS, CONV_3X3, DEPTHWISE, DEPTHWISE_7X7, DEPTHWISE_SQUARE, IMAGENET_MEAN,
                       IMAGENET_STD, VARIANTS, CheckpointSource, DclsRecipe, ModelEntry, Transform)
+
+# the record types and constants are the registry's vocabulary: callers reach them as zoo.ModelEntry etc.
+__all__ = ["ASSETS", "CONV_3X3", "DEPTHWISE", "DEPTHWISE_7X7", "DEPTHWISE_SQUARE", "IMAGENET_MEAN", "IMAGENET_STD",
+           "VARIANTS", "CheckpointSource", "DclsRecipe", "ModelEntry", "Transform", "STUDY", "PAPER_ARCHS",
+           "REGISTRY", "build_registry", "get", "archs", "entries"]
 
 ZENODO_CONVNEXT = "https://zenodo.org/record/7112021/files/"
 ZENODO_STUDY = "https://zenodo.org/records/8370737/files/"

@@ -43,7 +43,7 @@ def shard() -> ClickMeShard:
 
 
 def _study_transform(t: zoo.Transform):
-    # The torchvision pipeline the study uses on PIL images, written independently of train.preprocess.
+    # The torchvision pipeline the study uses on PIL images, written independently of geometry.preprocess.
     return T.Compose([T.Resize(t.resize, interpolation=T.InterpolationMode(t.interpolation)),
                       T.CenterCrop(t.crop), T.ToTensor(), T.Normalize(t.mean, t.std)])
 
@@ -119,14 +119,19 @@ def test_generator_is_deterministic(tmp_path):
     assert heat.max() > 200 and heat.min() < 10  # the object is marked, the background is not
 
 
-def test_train_preprocess_matches_the_study_transform(shard):
-    t = zoo.get("demo", "baseline").transform
+@pytest.mark.parametrize("arch", ["demo", "convnext_tiny", "fastvit_sa24"])
+def test_preprocessing_is_the_study_transform_to_the_bit(shard, arch):
+    """geometry's resize-crop and normalise (which the demo's training also uses) are the study's torchvision
+    Compose on PIL images, exactly, for the demo's and the study's transforms."""
+    from dclsviz import geometry
+
+    t = zoo.get(arch, "baseline").transform
     images = [shard[i].image_u8() for i in range(4)]
-    ours = train.preprocess(t, images)
+    ours = torch.stack([geometry.preprocess(im, t)[0] for im in images])
     study = torch.stack([_study_transform(t)(Image.fromarray(im)) for im in images])
-    assert ours.shape == study.shape == (4, 3, t.crop, t.crop)
-    # one grey level, in normalised units, is the most PIL's and torchvision's bicubic differ
-    assert (ours - study).abs().max() <= 1.01 / 255 / min(t.std)
+    assert ours.shape == study.shape == (4, 3, t.crop, t.crop) and torch.equal(ours, study)
+    batch = torch.stack([geometry.resize_crop(im, t)[0] for im in images])
+    assert batch.dtype == torch.uint8 and torch.equal(geometry.normalise(batch, t), study)
 
 
 @pytest.mark.parametrize("variant", zoo.VARIANTS)

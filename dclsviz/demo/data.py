@@ -243,6 +243,7 @@ def records(seed: int, indices) -> Iterator[tuple[bytes, bytes, int]]:
 
 
 def held_out_indices(n: int) -> range:
+    """The generator indices of ``n`` held-out images, disjoint from the training ones."""
     return range(HELD_OUT_START, HELD_OUT_START + n)
 
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import zoo
+from .. import geometry, zoo
 from ..zoo import ModelEntry, Transform
 from . import ARCH, CLASS_NAMES, META, SHARD, entry_for
 
@@ -45,34 +45,6 @@ _GOLDEN = (5 ** 0.5 - 1) / 2
 
 Log = Callable[[str], None]
 DESCRIPTION = "Train the offline demo pair on CPU and write its assets (weights, shard, metadata)."
-
-
-# --- the eval transform, as the study's torchvision Compose applies it ----------------------------
-
-
-def preprocess(transform: Transform, images_u8: Sequence[np.ndarray]) -> torch.Tensor:
-    """uint8 (H,W,3) images -> normalised (B,3,crop,crop) float32.
-
-    Resize and crop work on uint8, as ``Resize`` and ``CenterCrop`` do on PIL images before
-    ``ToTensor``, so the values match the study's pipeline to one grey level.
-    """
-    return normalise(transform, resize_crop(transform, images_u8))
-
-
-def resize_crop(transform: Transform, images_u8: Sequence[np.ndarray]) -> torch.Tensor:
-    """The geometric part of the eval transform: uint8 (B,3,crop,crop)."""
-    import torchvision.transforms.v2.functional as TF
-    from torchvision.transforms import InterpolationMode
-
-    x = torch.from_numpy(np.stack([np.asarray(im) for im in images_u8])).permute(0, 3, 1, 2).contiguous()
-    x = TF.resize(x, transform.resize, interpolation=InterpolationMode(transform.interpolation), antialias=True)
-    return TF.center_crop(x, transform.crop)
-
-
-def normalise(transform: Transform, x_u8: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(transform.mean).view(1, 3, 1, 1)
-    std = torch.tensor(transform.std).view(1, 3, 1, 1)
-    return (x_u8.float() / 255.0 - mean) / std
 
 
 # --- training -----------------------------------------------------------------------------------
@@ -102,7 +74,7 @@ def training_set(transform: Transform, seed: int, n: int, log: Log) -> tuple[tor
             # through the same JPEG codec the shard uses, so train and test pixels carry the same artefacts
             images.append(decode_jpeg(data.encode(image, heat)[0], gray=False))
             ys.append(label)
-        xs.append(resize_crop(transform, images))
+        xs.append(torch.stack([geometry.resize_crop(im, transform)[0] for im in images]))
     log(f"generated {n} training images in {time.perf_counter() - start:.1f}s")
     return torch.cat(xs), torch.tensor(ys, dtype=torch.long)
 
@@ -152,7 +124,7 @@ def fit(entry: ModelEntry, x_u8: torch.Tensor, y: torch.Tensor, *, seed: int, st
             order, pos = torch.randperm(len(y), generator=g), 0
         idx = order[pos:pos + BATCH]
         pos += BATCH
-        xb = _dihedral(normalise(entry.transform, x_u8[idx]), g).contiguous(memory_format=torch.channels_last)
+        xb = _dihedral(geometry.normalise(x_u8[idx], entry.transform), g).contiguous(memory_format=torch.channels_last)
         loss = F.cross_entropy(model(xb), y[idx], label_smoothing=LABEL_SMOOTHING)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -284,6 +256,7 @@ def train(out_dir: Path = DEFAULT_OUT, *, seed: int = 0, log: Log = print, steps
 
 
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The ``demo train`` options on ``p``."""
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=STEPS, help="optimiser steps per model")
@@ -293,11 +266,13 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    """``demo train`` with parsed options."""
     train(args.out, seed=args.seed, steps=args.steps, n_train=args.n_train, n_val=args.n_val)
     return 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m dclsviz.demo.train``: train the demo pair."""
     p = add_arguments(argparse.ArgumentParser(prog="python -m dclsviz demo train", description=DESCRIPTION))
     return run(p.parse_args(argv))
 
