@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import re
 
 import pytest
@@ -187,8 +188,11 @@ def test_clickme_comparison_with_colour_scales_for_the_readme(page):
     assert "0.658" in note and "exceed 1" in note
     page.wait_for_selector("#export", state="visible")
     page.wait_for_timeout(500)
-    save_screenshot(page, ASSETS / "screenshot.png")
-    assert (ASSETS / "screenshot.png").stat().st_size < 900_000
+    # the README's picture: written into assets/ only when asked (DCLSVIZ_SCREENSHOT=1), so that a test run
+    # leaves the working tree as it was
+    shot = ASSETS / "screenshot.png" if os.environ.get("DCLSVIZ_SCREENSHOT") == "1" else ARTIFACTS / "screenshot.png"
+    save_screenshot(page, shot)
+    assert 20_000 < shot.stat().st_size < 900_000
 
 
 def test_review_session_blind_verdicts_and_reveal(page, browser, app_server):

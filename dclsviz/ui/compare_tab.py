@@ -20,7 +20,7 @@ from .. import clickme, geometry, images, render, zoo
 from ..cam import DEFAULT_THRESHOLD
 from ..compare import MAP_TITLES, MAPS, Comparison
 from . import present
-from .events import bind, gradio_error, is_checkpoint_problem, titled_image
+from .events import bind, gradio_error, is_checkpoint_problem, request, titled_image
 from .present import Exports
 from .service import (DEMO_ARCH, TARGET_LABEL, TARGET_PRED, VARIANT_TITLES, AppConfig, UserError, arch_choices,
                       build_sample, checkpoint_sources, class_names, clickme_sample, default_arch, open_shard,
@@ -60,36 +60,21 @@ class CompareRequest:
     previous: Optional[Shown]
 
 
-@dataclass(frozen=True)
-class StyleRequest:
-    shown: Optional[Shown]
-    alpha: float
-    cmap: str
-
-
-@dataclass(frozen=True)
-class ArchRequest:
-    arch: str
-
-
-@dataclass(frozen=True)
-class ShardRequest:
-    shard: Optional[str]
-
-
-@dataclass(frozen=True)
-class PhotoRequest:
-    photo: Optional[str]
-
-
-@dataclass(frozen=True)
-class RecordRequest:
-    shard: Optional[str]
-    index: Any
-    arch: str
-    cmap: str
-
-
+StyleRequest = request(
+    "StyleRequest", "A restyle of the shown comparison: overlay opacity and colormap.",
+    __name__, shown=Optional[Shown], alpha=float, cmap=str)
+ArchRequest = request(
+    "ArchRequest", "A change of the model pair.",
+    __name__, arch=str)
+ShardRequest = request(
+    "ShardRequest", "A change of the ClickMe shard.",
+    __name__, shard=Optional[str])
+PhotoRequest = request(
+    "PhotoRequest", "A new photo: the painting canvas follows it.",
+    __name__, photo=Optional[str])
+RecordRequest = request(
+    "RecordRequest", "A ClickMe record's preview: shard, index, the pair (for its class names) and colormap.",
+    __name__, shard=Optional[str], index=Any, arch=str, cmap=str)
 @dataclass
 class CompareTab:
     """The tab's widgets by name, with what the handlers need beside them."""
@@ -107,8 +92,8 @@ class CompareTab:
 
     def results(self) -> list:
         """Every widget a comparison writes (the outputs of the Compare events)."""
-        names = ["shown", "human", "head_human", "scores", "top5", "summary", "provenance", "status", "use_demo", "colorbar",
-                 *(f"head_{v}" for v in zoo.VARIANTS), *MAP_KEYS, *(f"rho_{k}" for k in MAP_KEYS)]
+        names = ["shown", "human", "head_human", "scores", "top5", "summary", "provenance", "status", "use_demo",
+                 "colorbar", *(f"head_{v}" for v in zoo.VARIANTS), *MAP_KEYS, *(f"rho_{k}" for k in MAP_KEYS)]
         return [self.widgets[n] for n in names]
 
     def pictures(self) -> list:

@@ -8,6 +8,7 @@ field, and a handler can be called (and tested) without Gradio.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any, Callable
 
@@ -36,6 +37,15 @@ def gradio_error(error: BaseException) -> gr.Error:
     # the exception's text can name server files: it goes to the log, the visitor gets its kind only
     return gr.Error(f"internal error ({type(error).__name__}); the app keeps running and the details are in the "
                     "server log, please report this", print_exception=False)
+
+
+def request(name: str, doc: str, module: str, **fields: Any) -> type:
+    """A small handler request type in one line: a frozen dataclass with ``fields`` (name → type) in the event's
+    input order, e.g. ``ArchRequest = request("ArchRequest", "A change of the model pair.", __name__, arch=str)``.
+    """
+    cls = dataclasses.make_dataclass(name, list(fields.items()), frozen=True)
+    cls.__doc__, cls.__module__ = doc, module
+    return cls
 
 
 def is_checkpoint_problem(error: BaseException) -> bool:

@@ -130,8 +130,9 @@ def sample_text(comparison: Comparison, names, load_s: float, human_source: Opti
     per = ", ".join(f"{VARIANT_TITLES[v]} {o.seconds:.2f} s" for v, o in comparison.outputs.items())
     load = f"; loading the models took {load_s:.1f} s" if load_s > 0.05 else ""
     human = "no human map" if comparison.human is None else f"human map: {human_source or 'yours'}"
-    differ = ("" if same_target(comparison) else "  \n**The two models explain different classes** (each its own top-1), so "
-              "Δρ is not shown: choose one class under *Class to explain* to compare them on the same target.")
+    differ = ("" if same_target(comparison) else "  \n**The two models explain different classes** (each its own "
+              "top-1), so Δρ is not shown: choose one class under *Class to explain* to compare them on the same "
+              "target.")
     return (f"**{public_name(s.name) or 'upload'}** · {label} · {human} · geometry `{comparison.geometry}` · "
             f"threshold {comparison.threshold:g}  \n"
             f"**Time:** {comparison.seconds:.2f} s for both models ({per}){load}{differ}")
@@ -248,12 +249,14 @@ class Exports:
         with cls._by_folder_lock:
             return cls._by_folder.setdefault(str(folder), cls(Path(folder)))
 
-    def write(self, comparison: Comparison, names, alpha: float, cmap: str, arch: str, folder: Optional[Path] = None) -> str:
+    def write(self, comparison: Comparison, names, alpha: float, cmap: str, arch: str,
+              folder: Optional[Path] = None) -> str:
         """The comparison's zip bundle (with its public manifest) in ``folder`` (default: a new one); returns
         its path."""
         comparison = public_view(comparison)
         data = render.export_bundle(comparison, names, alpha, cmap)
-        stem = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in Path(comparison.sample.name or "upload").name)
+        name = Path(comparison.sample.name or "upload").name
+        stem = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
         path = (folder or self.new_folder()) / f"dclsviz_{arch}_{stem[:60]}.zip"
         path.write_bytes(data)
         return str(path)

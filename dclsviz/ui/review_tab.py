@@ -21,7 +21,7 @@ from .. import images, limits, render, review, zoo
 from ..cam import DEFAULT_THRESHOLD
 from ..compare import MAP_TITLES, MAPS
 from . import present
-from .events import bind, gradio_error, titled_image
+from .events import bind, gradio_error, request, titled_image
 from .present import Exports
 from .service import (AppConfig, UserError, arch_choices, default_arch, load_pair, on_gpu, open_shard,
                       resolve_shard, shard_choices, shard_label_space_matches)
@@ -356,43 +356,24 @@ class CreateRequest:
     held: Any
 
 
-@dataclass(frozen=True)
-class JoinRequest:
-    code: str
-    who: str
-    held: Any
-
-
-@dataclass(frozen=True)
-class SessionRequest:
-    token: Optional[str]
-    held: Any
-
-
-@dataclass(frozen=True)
-class VerdictRequest:
-    current: Optional[tuple]
-    note: str
-    held: Any
-
-
-@dataclass(frozen=True)
-class RevealRequest:
-    current: Optional[tuple]
-    token: Optional[str]
-    held: Any
-
-
-@dataclass(frozen=True)
-class KindRequest:
-    kind: str
-
-
-@dataclass(frozen=True)
-class HeldRequest:
-    held: Any
-
-
+JoinRequest = request(
+    "JoinRequest", "A reviewer joining with an invite code (or resuming with their token), under a name.",
+    __name__, code=str, who=str, held=Any)
+SessionRequest = request(
+    "SessionRequest", "Opening the session a token gives access to.",
+    __name__, token=Optional[str], held=Any)
+VerdictRequest = request(
+    "VerdictRequest", "A verdict on the item on screen, with the reviewer's note.",
+    __name__, current=Optional[tuple], note=str, held=Any)
+RevealRequest = request(
+    "RevealRequest", "Revealing the results of the session on screen.",
+    __name__, current=Optional[tuple], token=Optional[str], held=Any)
+KindRequest = request(
+    "KindRequest", "A change of what a new session reviews (shard records or uploaded photos).",
+    __name__, kind=str)
+HeldRequest = request(
+    "HeldRequest", "Only the tokens the browser holds.",
+    __name__, held=Any)
 def on_create(tab: ReviewTab, req: CreateRequest, progress=None) -> list:
     """A new session; the organiser (also a reviewer with "I review it too") sees its first item and the two
     secrets, once."""

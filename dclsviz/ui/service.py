@@ -238,7 +238,8 @@ def resolve_shard(shard: Optional[str], cfg: AppConfig) -> Path:
     for label, path in choices:
         if shard in (label, path, Path(path).name):
             return Path(path)
-    raise UserError(f"unknown shard {shard[:limits.MAX_NAME_CHARS]!r}; choose one of: {', '.join(Path(p).name for _, p in choices)}")
+    known = ", ".join(Path(p).name for _, p in choices)
+    raise UserError(f"unknown shard {shard[:limits.MAX_NAME_CHARS]!r}; choose one of: {known}")
 
 
 @functools.lru_cache(maxsize=32)
