@@ -1,7 +1,7 @@
 """The Dataset tab and its ``/evaluate`` endpoint: a bounded ``evaluate`` run of one or more pairs over a
 listed shard, then the study's summary table, the paired statistics, Figure 2 and the per-image rows.
 
-The work is ``evaluate.evaluate``, ``summarise``, ``table1`` and ``scatter``, as for ``python -m dclsviz
+The work is ``evaluate.evaluate``, ``build_summary`` and ``write_summary``, as for ``python -m dclsviz
 evaluate``; this module picks the run folders, reports progress and lays out what those wrote. A pair's run
 folder is keyed by the pair, shard, geometry, threshold and checkpoint hashes, so asking again (or after a
 restart, or with other pairs beside it) reuses the rows already computed and only scores what is missing.
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
+import functools
 import shutil
 import time
 import zipfile
@@ -23,7 +23,7 @@ import gradio as gr
 
 from .. import evaluate, geometry, labels, limits, metrics, zoo
 from ..cam import DEFAULT_THRESHOLD
-from ..compare import MAP_TITLES, MAPS, versions
+from ..compare import MAP_TITLES, MAPS
 from . import storage
 from .events import bind, gradio_error, titled_image
 from .present import Exports
@@ -131,37 +131,27 @@ def run_evaluation(archs, shard: Optional[str], n_images, geometry_name: str, th
     path, n, th = _check(archs, shard, n_images, geometry_name, threshold, cfg)
     shards = evaluate.open_shards([path])
     items = evaluate.select_items(shards, n)
-    summary = {"geometry": geometry_name, "threshold": th, "target": evaluate.TARGET,
-               "human_ceiling": metrics.HUMAN_CEILING, "n_items": len(items), **evaluate.data_report(shards),
-               "limit": n, "archs": archs, "variants": list(zoo.VARIANTS), "skipped": {}, "checkpoints": {},
-               "models": {}, "paired": {}}
-    folders, rows, unreadable = {}, {}, []
-    for k, arch in enumerate(archs):
+    folders, rows, checkpoints, skipped, unreadable = {}, {}, {}, {}, []
+    for position, arch in enumerate(archs):
         try:
             pair = load_pair(arch, cfg, progress)
         except CheckpointProblem as e:
             if len(archs) == 1:
                 raise
-            summary["skipped"][arch] = str(e)
+            skipped[arch] = str(e)
             continue
-
-        def report(done, total, position=k, arch=arch):
-            if progress is not None:
-                progress((position + done / max(total, 1)) / len(archs),
-                         desc=f"Scoring {arch} ({position + 1} of {len(archs)}) on {len(items)} records")
-
+        report = functools.partial(_report_progress, progress, position, arch, len(archs), len(items))
         folders[arch], rows[arch], shas = _score_pair(arch, pair, path, shards, items, geometry_name, th, cfg,
                                                       report, unreadable)
-        # the pair's numbers only: the figure and table are drawn once, over every pair, below
-        part = evaluate.summarise(rows[arch], [arch], list(zoo.VARIANTS), items)
-        summary["models"].update(part["models"])
-        summary["paired"].update(part["paired"])
-        summary["checkpoints"].update(shas)
+        checkpoints.update(shas)
     if not folders:
-        raise UserError("no pair could be evaluated: " + "; ".join(f"{a}: {why}" for a, why in
-                                                                   summary["skipped"].items()))
-    summary.update(evaluate.data_report(shards, list({(r["shard"], r["index"]): r for r in unreadable}.values())))
-    summary["versions"] = versions()
+        raise UserError("no pair could be evaluated: " + "; ".join(f"{a}: {why}" for a, why in skipped.items()))
+    # evaluate's own summary, over every pair's rows at once: the same numbers and keys as summary.json of
+    # `python -m dclsviz evaluate`
+    summary = evaluate.build_summary(
+        {key: row for part in rows.values() for key, row in part.items()}, archs, list(zoo.VARIANTS), shards, items,
+        geometry=geometry_name, threshold=th, checkpoints=checkpoints, limit=n, skipped=skipped,
+        skipped_records=list({(r["shard"], r["index"]): r for r in unreadable}.values()))
     run = DatasetRun(summary, folders, items, Exports.at(cfg.export_dir).new_folder(), rows)
     _write_report(run, geometry_name, th)
     # each pair, shard and setting keeps its own run folder: bounded here, never the ones just used
@@ -169,14 +159,17 @@ def run_evaluation(archs, shard: Optional[str], n_images, geometry_name: str, th
     return run
 
 
+def _report_progress(progress, position: int, arch: str, n_pairs: int, n_items: int, done: int, total: int) -> None:
+    if progress is not None:
+        progress((position + done / max(total, 1)) / n_pairs,
+                 desc=f"Scoring {arch} ({position + 1} of {n_pairs}) on {n_items} records")
+
+
 def _write_report(run: DatasetRun, geometry_name: str, th: float) -> None:
-    """This request's files: Figure 2, Table 1 and the summary over every pair that ran, and per pair exactly
-    the requested records' rows (not the run folder's whole CSV, which earlier requests may have grown)."""
-    ran = list(run.folders)
-    evaluate.scatter(run.summary["models"], run.report / evaluate.SCATTER_NAME,
-                     f"{', '.join(ran)}: {len(run.items)} images, {geometry_name} geometry, threshold {th}")
-    (run.report / evaluate.TABLE_NAME).write_text(evaluate.table1(run.summary["models"], ran) + "\n")
-    (run.report / evaluate.SUMMARY_NAME).write_text(json.dumps(run.summary, indent=1))
+    """This request's files: evaluate's summary files over every pair that ran, and per pair exactly the
+    requested records' rows (not the run folder's whole CSV, which earlier requests may have grown)."""
+    evaluate.write_summary(run.report, run.summary, f"{', '.join(run.folders)}: {len(run.items)} images, "
+                                                    f"{geometry_name} geometry, threshold {th}")
     for arch, out in run.folders.items():
         folder = run.report / arch
         folder.mkdir()
