@@ -25,6 +25,7 @@ def normalise(m: np.ndarray) -> np.ndarray:
 
 
 def colorize(m: np.ndarray, cmap: str = "jet") -> np.ndarray:
+    """A map as RGB uint8 through ``cmap``, after scaling it to [0, 1] (a constant map gives the colormap's low end)."""
     import matplotlib
 
     if cmap not in COLORMAPS:
@@ -40,6 +41,7 @@ def overlay(image: np.ndarray, m: np.ndarray, alpha: float = 0.5, cmap: str = "j
 
 
 def fmt_rho(rho: Optional[float], has_human: bool) -> str:
+    """ρ as the app and the panel caption it: signed to three places, or why there is none."""
     if not has_human:
         return "ρ: no human map"
     return "ρ undefined (constant map)" if rho is None else f"ρ = {rho:+.3f}"

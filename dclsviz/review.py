@@ -420,6 +420,8 @@ def create_session_from(name: str, make_sources, *, labels_fit=lambda sources: T
 
 @dataclass(frozen=True)
 class SessionInfo:
+    """A review session as stored: what it compares and how, and how far it is."""
+
     id: str
     name: str
     arch: str
@@ -490,10 +492,12 @@ class Shown:
 
     @property
     def a(self) -> ModelOutput:
+        """The output of the model shown as A."""
         return self.comparison.outputs[self.item.a_variant]
 
     @property
     def b(self) -> ModelOutput:
+        """The output of the model shown as B."""
         return self.comparison.outputs[self.item.b_variant]
 
 

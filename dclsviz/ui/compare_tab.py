@@ -45,6 +45,8 @@ class Shown:
 
 @dataclass(frozen=True)
 class CompareRequest:
+    """A comparison asked for: the pair, the input (record or photo, with its human map) and the settings."""
+
     arch: str
     source: str
     shard: Optional[str]
@@ -97,6 +99,7 @@ class CompareTab:
         return [self.widgets[n] for n in names]
 
     def pictures(self) -> list:
+        """The pictures a restyle redraws: the human map, the four maps and the colour scale."""
         return [self.widgets[n] for n in ("human", "head_human", *MAP_KEYS, "colorbar")]
 
 
@@ -222,6 +225,7 @@ def painted_map(editor) -> Optional[np.ndarray]:
 
 
 def target_choices(arch: str) -> list:
+    """The class-to-explain choices of ``arch``: ground truth, prediction, then every class by index."""
     names = class_names(arch)
     return ([("Ground truth (when known, else predicted)", TARGET_LABEL), ("Predicted (top-1)", TARGET_PRED)]
             + [(f"{i}: {n}", str(i)) for i, n in enumerate(names)])

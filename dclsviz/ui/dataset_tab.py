@@ -86,6 +86,8 @@ def _check(archs: list[str], shard: Optional[str], n_images, geometry_name: str,
 
 @dataclass
 class DatasetRun:
+    """One Dataset-tab request's result: the summary over its pairs, their run folders, rows and report folder."""
+
     summary: dict  # as evaluate's summary.json, over every pair that ran; shard names only, no server path
     folders: dict[str, Path]  # each pair's run folder on the server; never sent to a client
     items: list[evaluate.Item]
@@ -188,6 +190,7 @@ def _f(value, fmt="{:.3f}") -> str:
 
 
 def summary_rows(run: DatasetRun) -> list[list[str]]:
+    """The summary table: one row per pair, model and map."""
     rows = []
     for arch in run.folders:
         for v in zoo.VARIANTS:
@@ -203,6 +206,7 @@ def summary_rows(run: DatasetRun) -> list[list[str]]:
 
 
 def paired_rows(run: DatasetRun) -> list[list[str]]:
+    """The paired statistics table: one row per pair and map."""
     rows = []
     for arch in run.folders:
         for m, s in run.summary["paired"].get(arch, {}).items():
@@ -213,6 +217,7 @@ def paired_rows(run: DatasetRun) -> list[list[str]]:
 
 
 def image_rows(run: DatasetRun) -> list[list[str]]:
+    """The per-record table: each record's label, both models' top-1 and every ρ."""
     table = []
     for arch in run.folders:
         rows = run.rows[arch]
@@ -230,6 +235,7 @@ def image_rows(run: DatasetRun) -> list[list[str]]:
 
 
 def headline(run: DatasetRun, seconds: Optional[float] = None) -> str:
+    """The Markdown line over the tables: pairs, records, settings, and what was skipped."""
     s = run.summary
     shard = ", ".join(s["shards"])
     parts = [f"**{', '.join(run.folders)}** on the first **{s['n_items']}** records of `{shard}` · geometry "
@@ -273,6 +279,8 @@ def bundle(run: DatasetRun) -> str:
 
 @dataclass(frozen=True)
 class EvaluateRequest:
+    """A Dataset-tab run asked for: pairs, shard, number of records and settings."""
+
     archs: Any
     shard: Optional[str]
     n_images: Any

@@ -81,12 +81,16 @@ def build_ui(cfg: Optional[AppConfig] = None) -> gr.Blocks:
 
 @dataclass(frozen=True)
 class ApiContext:
+    """What the API endpoints share: the app's configuration and its export folders."""
+
     cfg: AppConfig
     exports: Exports
 
 
 @dataclass(frozen=True)
 class ApiCompareRequest:
+    """``/compare``'s inputs, in its public order."""
+
     arch: str
     source: str
     shard: str

@@ -103,6 +103,7 @@ TOP5_HEADERS = ["#", "Baseline", "p", "DCLS", "p "]
 
 
 def top5_rows(comparison: Comparison, names) -> list[list[str]]:
+    """The top-5 table: rank, then each model's class and probability."""
     b, d = comparison.outputs["baseline"].top5, comparison.outputs["dcls"].top5
     return [[str(k + 1), labels.short_name(bc, names), f"{bp:.3f}", labels.short_name(dc, names), f"{dp:.3f}"]
             for k, ((bc, bp), (dc, dp)) in enumerate(zip(b, d))]
@@ -115,6 +116,7 @@ def rho_text(comparison: Comparison, variant: str, map_name: str) -> str:
 
 
 def column_head(comparison: Comparison, variant: str, names) -> str:
+    """A model column's heading: the model, the class it explains and its top-1."""
     o = comparison.outputs[variant]
     (c1, p1) = o.top5[0]
     arch = o.provenance.arch

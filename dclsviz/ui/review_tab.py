@@ -343,6 +343,8 @@ def _organiser_of(acc: review.Access, held, cfg: AppConfig) -> review.Access:
 
 @dataclass(frozen=True)
 class CreateRequest:
+    """A new review session asked for: name, items (shard records or photos), pair, seed and sign-in users."""
+
     name: str
     kind: str
     shard: Optional[str]

@@ -47,6 +47,8 @@ class UserError(Exception):
 
 @dataclass
 class AppConfig:
+    """The app's settings: folders, device, downloads, concurrency; from the environment by ``from_env``."""
+
     checkpoint_dir: Optional[Path] = None
     download: bool = True
     default_arch: Optional[str] = None
@@ -68,6 +70,7 @@ class AppConfig:
 
     @classmethod
     def from_env(cls) -> "AppConfig":
+        """The settings the environment gives (``DCLSVIZ_*``, see the README), defaults elsewhere."""
         env = os.environ
         return cls(
             checkpoint_dir=checkpoints.checkpoint_dir_from_env(),
@@ -113,6 +116,7 @@ def _seconds(env, name: str, most: int) -> int:
 
 
 def arch_choices() -> list[str]:
+    """The model pairs the app offers, study first."""
     return list(zoo.PAPER_ARCHS) + [a for a in zoo.archs() if a not in zoo.PAPER_ARCHS]
 
 
@@ -127,6 +131,7 @@ def _entry(arch: str, variant: str = "dcls") -> zoo.ModelEntry:
 
 
 def class_names(arch: str) -> list[str]:
+    """``arch``'s class names in index order."""
     return labels.class_names_for(_entry(arch))
 
 
@@ -143,6 +148,7 @@ def pair_available(arch: str, cfg: AppConfig) -> bool:
 
 
 def default_arch(cfg: AppConfig) -> str:
+    """The pair selected at start: the configured one, else the first whose checkpoints are here (the demo offline)."""
     if cfg.default_arch:
         if cfg.default_arch in zoo.archs():
             return cfg.default_arch
@@ -153,6 +159,7 @@ def default_arch(cfg: AppConfig) -> str:
 
 
 def device_text(cfg: AppConfig) -> str:
+    """Where the models run, for the page (on ZeroGPU without touching CUDA in this process)."""
     import torch
 
     if zero_gpu():
@@ -179,6 +186,7 @@ class CheckpointSource:
 
     @property
     def available(self) -> bool:
+        """Whether the file is here (bundled with the app or found on disk)."""
         return self.state in ("bundled", "found")
 
 
@@ -208,6 +216,7 @@ def _public_url(entry: zoo.ModelEntry) -> str:
 
 
 def demo_shard() -> Optional[Path]:
+    """The bundled demo shard, when it is there."""
     if _demo is None:
         return None
     p = zoo.ASSETS / _demo.SHARD
@@ -248,6 +257,7 @@ def _open_shard(path: str, mtime: float) -> clickme.ClickMeShard:
 
 
 def open_shard(path: Path) -> clickme.ClickMeShard:
+    """The shard at ``path`` (cached per file identity); an unreadable one is a ``UserError`` naming it."""
     try:
         return _open_shard(str(path), path.stat().st_mtime)
     except (OSError, clickme.ClickMeFormatError) as e:
@@ -274,6 +284,7 @@ def parse_index(index, n_records: int) -> int:
 
 
 def clickme_sample(shard: Optional[str], index, cfg: AppConfig) -> Sample:
+    """Record ``index`` of a listed shard as a sample; a bad shard or index is a ``UserError``."""
     sh = open_shard(resolve_shard(shard, cfg))
     i = parse_index(index, len(sh))
     try:
