@@ -8,6 +8,7 @@ model choices. Everything else is in ``dclsviz.ui``.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from pathlib import Path
 from typing import Mapping, Optional
@@ -32,6 +33,8 @@ def parse_args(argv=None, env: Optional[Mapping[str, str]] = None) -> argparse.N
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    # one line per event, named by its logger: a visitor's wrong input is a line, not a traceback
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.pairs is not None:
         from dclsviz import pairs
 
