@@ -13,8 +13,8 @@ import numpy as np
 from .files import write_json
 
 DESCRIPTION = ("Grad-CAM and Threshold-Grad-CAM of baseline and DCLS models against ClickMe human attention: explain "
-               "one image, list the models, evaluate on ClickMe shards, administer review sessions, train the demo "
-               "pair, check a pair file of your own.")
+               "one image, list the models, evaluate on ClickMe shards, administer review sessions, check a pair "
+               "file of your own, train the demo pair.")
 
 
 def _progress_bar(desc: str):
