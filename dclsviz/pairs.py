@@ -11,7 +11,6 @@ is ``python -m dclsviz pair check FILE``: both models built, loaded strictly and
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import math
 import os

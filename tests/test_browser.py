@@ -295,3 +295,45 @@ def test_dataset_tab_table_plot_and_rows(page):
     assert page.locator("#ds-rows").inner_text() == rows
     assert page.locator("#ds-plot img").count() == 1
     assert "Error" not in page.locator("#ds-summary").inner_text()
+
+
+def test_a_custom_pair_from_a_folder_is_offered_and_compared(browser, tmp_path_factory):
+    """DCLSVIZ_PAIRS=dir/ adds the folder's pair files to the model dropdown, and a comparison runs on one: the
+    demo pair's weights under another name give the demo pair's numbers, in a real browser."""
+    import shutil
+    import subprocess
+    import sys
+
+    from app_fixtures import REPO, start_server, stop_server
+
+    home = tmp_path_factory.mktemp("custom_pair_home")
+    folder = home / "pairs"
+    folder.mkdir()
+    text = subprocess.run([sys.executable, "-m", "dclsviz", "pair", "export", "demo"], cwd=REPO, check=True,
+                          capture_output=True, text=True).stdout
+    for v in VARIANTS:
+        shutil.copyfile(ASSETS / "demo" / f"demo_{v}.safetensors", folder / f"lab_{v}.safetensors")
+        text = re.sub(rf'path = ".*demo_{v}\.safetensors"', f'path = "{folder / f"lab_{v}.safetensors"}"', text)
+    (folder / "shapes_lab.toml").write_text(text.replace('arch = "demo"', 'arch = "shapes_lab"'))
+    server = start_server(home, env={"DCLSVIZ_PAIRS": str(folder)})
+    ctx = browser.new_context(viewport={"width": 1440, "height": 1000})
+    try:
+        page = ctx.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(server.url)
+        page.wait_for_selector("#run")
+        rhos = {}
+        for arch in ("shapes_lab", "demo"):
+            page.locator("#arch input").click()
+            page.get_by_role("option", name=arch, exact=True).click()
+            page.locator("#run").click()
+            page.wait_for_function(f"() => document.querySelector('#col-dcls').innerText.includes('{arch}')")
+            wait_for_results(page)
+            # the value itself (a progress overlay may still sit on the element as it finishes)
+            rhos[arch] = [RHO.findall(page.locator(f"#rho-{v}-{m}").inner_text()) for v in VARIANTS for m in MAPS]
+        assert all(len(found) == 1 for found in rhos["shapes_lab"]), rhos
+        assert rhos["shapes_lab"] == rhos["demo"]
+        server.assert_alive()
+    finally:
+        ctx.close()
+        stop_server(server)
