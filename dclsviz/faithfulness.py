@@ -233,11 +233,12 @@ def evaluate_maps(loaded: "LoadedModel", x: torch.Tensor, targets: Sequence[int]
     out: list[dict[str, Faithfulness]] = [{} for _ in targets]
     # every number depends on the map only through its pixel ranking, and methods often agree on it (for a
     # network with global pooling, HiResCAM and XGrad-CAM rank as Grad-CAM does): each ranking is done once
-    done: dict[tuple[int, bytes], Faithfulness] = {}
+    done: dict[tuple[int, bytes, bytes], Faithfulness] = {}
     for name, maps in lowres.items():
         sal = at_input(torch.from_numpy(np.asarray(maps)).to(loaded.device), size)
         for i, t in enumerate(targets):
-            key = (i, rank_descending(sal[i]).cpu().numpy().tobytes())
+            key = (i, rank_descending(sal[i]).cpu().numpy().tobytes(),  # ties break both ways: key on both
+                   rank_descending(-sal[i]).cpu().numpy().tobytes())
             if key not in done:
                 d, ins, _ = deletion_insertion(loaded, x[i], sal[i], int(t), float(base_probabilities[i]), steps)
                 r = road(loaded, x[i], sal[i].cpu().numpy(), int(t)) if with_road else None
