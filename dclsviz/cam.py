@@ -226,7 +226,13 @@ class CamEngine:
         with torch.no_grad():
             names = tuple(dict.fromkeys((*methods_mod.PAPER, *methods)))
             low = methods_mod.compute(names, a, g, threshold)
-            framed = {n: resize_to_frame(m, frame) for n, m in low.items()}
+            # the paper's two one call each, as always; the others in one call, each map a channel
+            framed = {n: resize_to_frame(low[n], frame) for n in methods_mod.PAPER}
+            others = [n for n in names if n not in methods_mod.PAPER]
+            if others:
+                stacked = F.interpolate(torch.stack([low[n] for n in others], 1), (frame, frame), mode="bilinear",
+                                        align_corners=False, antialias=True)
+                framed.update({n: stacked[:, k] for k, n in enumerate(others)})
 
         def cpu(t):
             return t.float().cpu().contiguous().numpy()
