@@ -7,6 +7,7 @@ Spaces sets), else 127.0.0.1:7860. Everything else is in ``dclsviz.ui``.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from pathlib import Path
 from typing import Mapping, Optional
@@ -29,6 +30,8 @@ def parse_args(argv=None, env: Optional[Mapping[str, str]] = None) -> argparse.N
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    # one line per event, named by its logger: a visitor's wrong input is a line, not a traceback
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from dclsviz import ui
     from dclsviz.ui import service
 

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_cold_start.py [--repeats 3] [--arch resnet50,...] [--threads N] [--no-kernels]
 
-For each architecture the conformance kit's seed-0 stand-ins of both checkpoints (the published
+For each architecture the seed-0 stand-ins of both checkpoints (tests/fake_checkpoints.py: the published
 containers, full size) are written to a temporary folder, then ``models.load(entry, checkpoint=path,
 device="cpu")`` runs with the baseline and DCLS loads interleaved; each stage is the best of the repeats:
   read    checkpoints.read_file + unwrap
@@ -17,7 +17,6 @@ Targets: each DCLS model loads in <= 1.5x its baseline's time; resnet50.dcls in 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 import tempfile
@@ -37,16 +36,16 @@ STAGES = {"read": [(checkpoints, "read_file"), (checkpoints, "unwrap")], "build"
 
 
 def kit_folder() -> Path:
-    env = os.environ.get("DCLSVIZ_CONFORMANCE")
-    return Path(env) if env else Path(__file__).resolve().parent.parent.parent / "shared" / "conformance"
+    """The manifests of the study's checkpoints: the repository's copy of the conformance kit's facts."""
+    return Path(__file__).resolve().parent.parent / "tests" / "data"
 
 
-def fake_module(kit: Path):
-    spec = importlib.util.spec_from_file_location("fake_checkpoint", kit / "fake_checkpoint.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["fake_checkpoint"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+def fake_module(kit: Path = None):
+    """The repository's stand-in checkpoint writer (files laid out like the published ones)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    import fake_checkpoints
+
+    return fake_checkpoints
 
 
 @contextmanager

@@ -2,7 +2,7 @@
 # The CUDA path in one go, on a machine with a GPU: the conformance goldens and CAM tests on cuda, the
 # CLI (explain, evaluate) on cuda, the benchmarks with CPU and CUDA figures from the same run, and the study's
 # whole path (bench_study: bare inference vs evaluate, workers, torchrun, the Table 1 projection).
-#   DCLSVIZ_CONFORMANCE=/path/to/kit OUT=/tmp/gpu bash benchmarks/gpu_check.sh   (TESTS=... picks test files)
+#   OUT=/tmp/gpu bash benchmarks/gpu_check.sh   (TESTS=... picks test files)
 set -u
 OUT=${OUT:-/tmp/dclsviz-gpu}
 mkdir -p "$OUT"
@@ -20,7 +20,7 @@ DCLSVIZ_TEST_DEVICE=cuda $PY -m pytest -q -p no:cacheprovider \
 
 step "CLI on cuda"
 $PY -m dclsviz explain assets/examples/chelsea.jpg --arch demo --variant dcls --device cuda --out "$OUT/explain" \
-    && $PY -c "import json; r = json.load(open('$OUT/explain/result.json')); print('device', r.get('device'), 'top1', r['top5'][0])"
+    && $PY -c "import json; r = json.load(open('$OUT/explain/result.json'))['models']['dcls']; print('device', r['device'], 'top1', r['top5'][0])"
 $PY -m dclsviz evaluate --arch demo --demo --device cuda --no-progress --out "$OUT/evaluate" | tail -n 6
 
 step "bench_evaluate cuda (demo pair)"

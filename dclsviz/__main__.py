@@ -81,8 +81,9 @@ def _load_model(args, entry):
 
 
 def cmd_explain(args) -> int:
-    """One model on one input: the maps as .npy, and result.json, the app's manifest for that one model."""
-    from . import human, images, methods, runtime, zoo
+    """One model on one input: the maps as .npy, result.json (the app's manifest for that one model) and
+    panel.png (the app's exported figure, this model's row)."""
+    from . import human, images, methods, render, runtime, zoo
     from .compare import Comparison, explain_batch
     from .labels import class_index
 
@@ -108,6 +109,8 @@ def cmd_explain(args) -> int:
         np.save(args.out / "human.npy", out.human.astype(np.float32))
     comparison = Comparison(sample, args.geometry, args.threshold, target, {entry.variant: out}, out.seconds)
     write_json(args.out / "result.json", comparison.manifest(public=False))
+    # the figure the app exports, drawn by the same function, with this one model's row
+    (args.out / "panel.png").write_bytes(render.panel_png(comparison, out.class_names))
     rho = ", ".join(f"{m} {s.spearman:+.4f}" if s.spearman is not None else f"{m} undefined"
                     for m, s in out.scores.items())
     print(f"{entry.id}: target {out.target} ({out.class_name(out.target)}); top-1 "

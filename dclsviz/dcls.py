@@ -229,7 +229,7 @@ def _all_finite(x: torch.Tensor) -> bool:
 # taps per block of output channels: the temporaries (an int64 index and the coefficients, ~12 bytes a tap
 # corner) stay under the C allocator's mmap threshold, so each block reuses the last one's memory instead of
 # faulting in fresh pages: ResNet50's largest stage alone would need 63 MB of them
-_BLOCK_TAPS = 1 << 18
+_BLOCK_TAPS = 1 << 21
 
 
 @torch.no_grad()

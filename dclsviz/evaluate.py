@@ -48,7 +48,7 @@ from . import clickme, datapath, metrics, stats, zoo
 from .files import write_atomically, write_json
 from .cam import DEFAULT_THRESHOLD
 from .compare import MAP_TITLES, MAPS, explain_batch, versions
-from .faithfulness import DEFAULT_STEPS, Faithfulness
+from .faithfulness import Faithfulness
 from .results import MapScores
 
 if TYPE_CHECKING:
@@ -691,7 +691,8 @@ def scatter(models: dict, path: Path, title: str) -> bool:
     ax = fig.subplots()
     xs = [p[2] for p in points] + [p[3] for p in points]
     lo, hi = min(xs), max(xs)
-    pad = 0.05 * (hi - lo or 1.0)
+    # room for the markers and their labels: a point at the extremes stays inside the axes, not on its edge
+    pad = 0.15 * (hi - lo or 1.0)
     ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="0.5", lw=1, ls="--", zorder=0)
     for a, m, x, y in points:
         ax.scatter(x, y, marker=markers[m], s=60, color=colours[a], edgecolor="black", lw=0.5, zorder=2)

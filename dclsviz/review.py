@@ -374,11 +374,54 @@ def photo_items(folder: PathLike) -> list[Source]:
     return out
 
 
+def uploaded_photo_items(files: Sequence[PathLike], folder: PathLike) -> list[Source]:
+    """Uploaded photos (and ``<photo>.human.png`` maps) copied into a session's own ``folder``, which outlives
+    the upload's temporary files. The count and total size are bounded, and every file is read before any is
+    kept, so a bad one is refused (``ValueError`` naming it) before the session exists."""
+    paths = [Path(f) for f in files or []]
+    if not paths:
+        raise ValueError("upload the photos to review (a map named <photo>.human.png beside one is its human map)")
+    if len(paths) > limits.MAX_SESSION_PHOTOS:
+        raise limits.LimitError(f"{len(paths)} files uploaded; a session takes at most {limits.MAX_SESSION_PHOTOS}")
+    total = sum(p.stat().st_size for p in paths)
+    if total > limits.MAX_SESSION_UPLOAD_BYTES:
+        raise limits.LimitError(f"the uploads are {total / 2**20:,.0f} MB together; a session takes at most "
+                                f"{limits.MAX_SESSION_UPLOAD_BYTES / 2**20:,.0f} MB")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for p in paths:
+        try:
+            (images.load_map if p.name.lower().endswith(HUMAN_SUFFIX) else images.load_image)(str(p))
+        except images.ImageError as e:
+            raise images.ImageError(f"{p.name}: {e}") from None
+        shutil.copyfile(p, folder / p.name)
+    return photo_items(folder)
+
+
+def create_session_from(name: str, make_sources, *, labels_fit=lambda sources: True,
+                        db: Optional[PathLike] = None, **settings) -> Created:
+    """A new session whose items ``make_sources(folder)`` makes, ``folder`` being the session's own photo
+    folder; if anything fails the folder goes with it. Each item's label is explained when
+    ``labels_fit(sources)`` (the records' labels are classes of the model), else the model's prediction.
+    ``settings``: ``create_session``'s keywords (arch, seed, geometry, threshold, hf_users)."""
+    sid = new_session_id()
+    folder = photo_dir(sid, db)
+    try:
+        sources = make_sources(folder)
+        return create_session(name, sources, target="label" if labels_fit(sources) else "pred", session_id=sid,
+                              db=db, **settings)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
 # --- sessions, reviewers and items ---------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class SessionInfo:
+    """A review session as stored: what it compares and how, and how far it is."""
+
     id: str
     name: str
     arch: str
@@ -449,10 +492,12 @@ class Shown:
 
     @property
     def a(self) -> ModelOutput:
+        """The output of the model shown as A."""
         return self.comparison.outputs[self.item.a_variant]
 
     @property
     def b(self) -> ModelOutput:
+        """The output of the model shown as B."""
         return self.comparison.outputs[self.item.b_variant]
 
 

@@ -147,3 +147,14 @@ def test_target_in_other_digits_is_not_class_three(client):
 @pytest.mark.parametrize("threshold", [-0.5, 1e300])
 def test_threshold_outside_the_unit_interval_through_the_api(client, threshold):
     assert "threshold must lie in [0, 1]" in error_of(client, threshold=threshold)
+
+
+def test_expected_errors_log_one_line_without_a_traceback(client, app_server):
+    start = len(app_server.log.read_text(errors="replace"))
+    assert "whole number or 'random'" in error_of(client, index="seven")
+    assert "upload a photo first" in error_of(client, source="upload")
+    assert "checkpoints are not available" in error_of(client, arch="convnext_tiny")
+    logged = app_server.log.read_text(errors="replace")[start:]
+    assert "Traceback" not in logged, logged
+    refused = [line for line in logged.splitlines() if "dclsviz.ui: refused: " in line]
+    assert len(refused) == 3 and "urllib3" not in logged, logged

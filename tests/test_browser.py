@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
+import os
 import re
 
 import pytest
+from PIL import Image
 
 pytest.register_assert_rewrite("app_fixtures")
-from app_fixtures import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, EXAMPLES, MAPS, VARIANTS, bad_photo
+from app_fixtures import ASSETS, ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, EXAMPLES, MAPS, VARIANTS, bad_photo
 
 pytest_plugins = ["app_fixtures"]
 pytestmark = pytest.mark.browser
@@ -59,6 +62,23 @@ def wait_for_results(page) -> None:
                                    f"document.querySelector('#rho-{v}-{m}').innerText)")
 
 
+def colour_scale(page) -> str:
+    """The page's colour scale: labelled low → high, drawn as a gradient; returns the gradient."""
+    bar = page.locator("#colorbar")
+    text = bar.inner_text()
+    assert "low" in text and "high" in text, text
+    ramp = bar.locator(".colorbar-ramp")
+    assert ramp.bounding_box()["width"] > 150 and ramp.bounding_box()["height"] >= 8
+    return ramp.evaluate("e => getComputedStyle(e).backgroundImage")
+
+
+def save_screenshot(page, path, width: int = 1440) -> None:
+    """A full-page screenshot kept small for the repository: an adaptive 256-colour palette, optimised."""
+    shot = Image.open(io.BytesIO(page.screenshot(full_page=True))).convert("RGB")
+    assert shot.width == width
+    shot.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
+
+
 def paint_stroke(page) -> None:
     """Drag the brush across the middle of the photo, as a user marking what matters."""
     canvas = page.locator("#painter canvas").first
@@ -85,7 +105,7 @@ def test_upload_paint_compare_and_restyle(page):
     rhos = {f"{v}-{m}": page.locator(f"#rho-{v}-{m}").inner_text() for v in VARIANTS for m in MAPS}
     assert all(RHO.search(t) for t in rhos.values()), rhos
     assert page.locator("#human-map img").count() == 1
-    assert "human map: yours" in page.locator("#summary").inner_text()
+    assert "human map: painted on the photo" in page.locator("#summary").inner_text()
     table = page.locator("#scores").inner_text()
     assert "Threshold-Grad-CAM" in table and "Δρ" in table and re.search(r"[+-]0\.\d{3}", table)
     assert "sha256" in page.locator("#provenance").inner_text()
@@ -97,11 +117,15 @@ def test_upload_paint_compare_and_restyle(page):
     # a colormap change redraws the overlays from the cached comparison: the timing line (written only
     # when the CAMs are computed) stays as it was
     summary, before = page.locator("#summary").inner_text(), overlay_srcs(page)
+    scale = colour_scale(page)
     page.locator("#cmap input").click()
     page.get_by_role("option", name="viridis").click()
     page.wait_for_function(f"() => document.querySelector('#dcls-gradcam img').src !== {before[2]!r}")
     after = overlay_srcs(page)
     assert all(a != b for a, b in zip(after, before))
+    # the colour scale follows the colormap
+    page.wait_for_function("() => /viridis/.test(document.querySelector('#colorbar').innerText)")
+    assert colour_scale(page) != scale
     assert page.locator("#summary").inner_text() == summary
     assert {k: page.locator(f"#rho-{k}").inner_text() for k in rhos} == rhos
 
@@ -110,26 +134,78 @@ def test_bad_upload_and_missing_checkpoint_leave_the_page_working(page, tmp_path
     upload_photo(page, bad_photo("text_as_jpg", tmp_path))
     page.get_by_text("notes.jpg is not an image").first.wait_for()
     page.locator("#run").click()
-    page.get_by_text("photo: notes.jpg is not an image").first.wait_for()
+    page.locator("#status-box").get_by_text("photo: notes.jpg is not an image").wait_for()
     # the input stays where the user put it
     assert "notes" in page.locator("#photo").inner_text()
 
     upload_photo(page, EXAMPLES[0])
+    page.locator("#run").click()
+    wait_for_results(page)
+    # an input without a human map says so where the human map would be
+    assert "no human map" in page.locator("#human-head").inner_text()
+    assert page.locator("#human-map img").count() == 0
+    shown = overlay_srcs(page)
+
     page.locator("#arch input").click()
     page.get_by_role("option", name="convnext_tiny").click()
-    page.get_by_text("not cached, downloads are off").first.wait_for()
+    # before the click the status says plainly that the files are not here and will not be fetched
+    page.locator("#arch-status").get_by_text("downloads are off").first.wait_for()
     page.locator("#run").click()
-    page.locator("#status-box").get_by_text("checkpoints are not available").wait_for()
+    status = page.locator("#status-box")
+    status.get_by_text("checkpoints are not available").wait_for()
+    text = status.inner_text()
+    for part in ("convnext_tiny_1k_224_ema.pth", "convnext_dcls_tiny_1k_224_ema.pth", "DCLSVIZ_CHECKPOINT_DIR",
+                 "previous run"):
+        assert part in text, (part, text)
+    for noise in ("urllib3", "Traceback", "Errno", "HTTPSConnectionPool"):
+        assert noise not in text, (noise, text)
+    # said once, in the status box: no toast repeats it
+    assert page.get_by_text("checkpoints are not available").count() == 1
+    # the previous results stay, marked as such
+    assert overlay_srcs(page) == shown
     page.get_by_role("button", name="Use the bundled demo pair instead").click()
+    page.wait_for_selector("#status-box", state="hidden")
     wait_for_results(page)
     assert page.locator("#arch input").input_value() == "demo"
     assert all("no human map" in page.locator(f"#rho-{v}-{m}").inner_text() for v in VARIANTS for m in MAPS)
     assert EXAMPLES[0].name in page.locator("#summary").inner_text()
 
 
+def test_clickme_comparison_with_colour_scales_for_the_readme(page):
+    """A ClickMe record compared: the human-map preview follows the colormap, and the page with its colour
+    scale is the README's screenshot."""
+    page.wait_for_selector("#rec-human img")
+    preview = page.locator("#rec-human img").get_attribute("src")
+    page.locator("#cmap input").click()
+    page.get_by_role("option", name="turbo").click()
+    page.wait_for_function(f"() => document.querySelector('#rec-human img').src !== {preview!r}")
+    page.locator("#run").click()
+    wait_for_results(page)
+    assert "human map: ClickMe" in page.locator("#summary").inner_text()
+    assert "turbo" in page.locator("#colorbar").inner_text()
+    colour_scale(page)
+    note = page.locator("#score-note").inner_text()
+    assert "0.658" in note and "exceed 1" in note
+    page.wait_for_selector("#export", state="visible")
+    page.wait_for_timeout(500)
+    # the README's picture: written into assets/ only when asked (DCLSVIZ_SCREENSHOT=1), so that a test run
+    # leaves the working tree as it was
+    shot = ASSETS / "screenshot.png" if os.environ.get("DCLSVIZ_SCREENSHOT") == "1" else ARTIFACTS / "screenshot.png"
+    save_screenshot(page, shot)
+    assert 20_000 < shot.stat().st_size < 900_000
+
+
 def test_review_session_blind_verdicts_and_reveal(page, browser, app_server):
     page.get_by_role("tab", name="Review").click()
     page.get_by_text("New session").click()
+    # the photo upload shows only for photos; the shard's widgets only for records
+    page.wait_for_selector("#rv-shard", state="visible")
+    assert not page.locator("#rv-files").is_visible()
+    page.locator("#rv-kind").get_by_text("Photos I upload").click()
+    page.wait_for_selector("#rv-files", state="visible")
+    assert not page.locator("#rv-shard").is_visible()
+    page.locator("#rv-kind").get_by_text("Records of a shard").click()
+    page.wait_for_selector("#rv-files", state="hidden")
     page.locator("#rv-name textarea, #rv-name input").first.fill("browser-review")
     page.locator("#rv-create").click()
     page.wait_for_function("() => /item 1 of 20/.test(document.querySelector('#rv-progress').innerText)")
@@ -173,6 +249,9 @@ def test_review_session_blind_verdicts_and_reveal(page, browser, app_server):
     text = page.locator("#rv-reveal-text").inner_text()
     assert "DCLS preferred" in text and "tie 1" in text and "95 % CI" in text  # the organiser's reveal
     page.wait_for_selector("#rv-csv", state="visible")
+    # unblinded: this page takes no more verdicts
+    for k in ("A", "B", "tie", "neither"):
+        assert page.locator(f"#rv-{k}").is_disabled(), k
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "screenshot_review.png"), full_page=True)
 
@@ -201,3 +280,18 @@ def test_dataset_tab_table_plot_and_rows(page):
     page.wait_for_selector("#ds-download", state="visible")
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "screenshot_dataset.png"), full_page=True)
+
+    # a run that fails (the demo shard's labels are no classes of a study pair) says why in a box that stays,
+    # and keeps the results
+    rows = page.locator("#ds-rows").inner_text()
+    page.locator("#ds-arch input").click()
+    page.get_by_role("option", name="convnext_tiny").click()
+    page.locator("#ds-arch .token", has_text="demo").locator(".token-remove").click()
+    page.locator("#ds-arch .token", has_text="demo").wait_for(state="detached")
+    page.locator("#ds-run").click()
+    status = page.locator("#ds-status")
+    status.get_by_text("not classes of convnext_tiny").wait_for()
+    assert "previous run" in status.inner_text()
+    assert page.locator("#ds-rows").inner_text() == rows
+    assert page.locator("#ds-plot img").count() == 1
+    assert "Error" not in page.locator("#ds-summary").inner_text()

@@ -14,7 +14,7 @@ import pytest
 
 from app_fixtures import EXAMPLES, make_client
 from dclsviz import review, stats
-from dclsviz.ui import review_page, service
+from dclsviz.ui import review_tab, service
 
 pytest_plugins = ["app_fixtures"]
 
@@ -40,7 +40,7 @@ def test_a_stranger_can_reach_nothing_of_a_session(app_server, clients, tmp_path
     cfg = service.AppConfig(export_dir=tmp_path / "x", review_db=app_server.home / "cache" / "review.sqlite")
     uploads = tmp_path / "up"
     uploads.mkdir()
-    made = review_page.create("private", "uploads", None, 0, 0, [shutil.copy(EXAMPLES[0], uploads)], "demo", "",
+    made = review_tab.create("private", "uploads", None, 0, 0, [shutil.copy(EXAMPLES[0], uploads)], "demo", "",
                               "paper", 0.3, cfg)
     token = owner.predict(made.invite_code, "ann", api_name="/review_join")["reviewer_token"]
     shown, image, *_ = owner.predict(token, api_name="/review_next")

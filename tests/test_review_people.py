@@ -18,7 +18,7 @@ import pytest
 
 from app_fixtures import EXAMPLES, REPO, blob_map, write_map
 from dclsviz import limits, models, review, stats, zoo
-from dclsviz.ui import review_page, service
+from dclsviz.ui import review_tab, service
 
 BASE, DCLS = zoo.VARIANTS
 
@@ -126,14 +126,14 @@ def test_deleting_removes_the_photo_folder_and_every_row(cfg, db, tmp_path):
     uploads = tmp_path / "gradio-upload"
     uploads.mkdir()
     photos = [shutil.copy(p, uploads / p.name) for p in EXAMPLES[:2]]
-    made = review_page.create("mine", "uploads", None, 0, 0, [str(p) for p in photos], "demo", "", "paper", 0.3, cfg)
-    keep = review_page.create("other", "uploads", None, 0, 0, [str(photos[0])], "demo", "", "paper", 0.3, cfg)
+    made = review_tab.create("mine", "uploads", None, 0, 0, [str(p) for p in photos], "demo", "", "paper", 0.3, cfg)
+    keep = review_tab.create("other", "uploads", None, 0, 0, [str(photos[0])], "demo", "", "paper", 0.3, cfg)
     folder = review.photo_dir(made.info.id, db)
     assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p in EXAMPLES[:2])
     review.join(made.invite_code, "r", db=db)
     with pytest.raises(service.UserError, match="organiser"):
-        review_page.delete(review_page.access(review.join(made.invite_code, "s", db=db)[1], cfg), cfg)
-    review_page.delete(review_page.access(made.organiser_token, cfg), cfg)
+        review_tab.delete(review_tab.access(review.join(made.invite_code, "s", db=db)[1], cfg), cfg)
+    review_tab.delete(review_tab.access(made.organiser_token, cfg), cfg)
     assert not folder.exists() and review.photo_dir(keep.info.id, db).is_dir()
     con = sqlite3.connect(db)
     for table in ("sessions", "tokens", "reviewers", "items", "verdicts"):
@@ -146,28 +146,28 @@ def test_too_many_or_too_large_uploads_are_refused(cfg, tmp_path):
     w, h = 64, 48
     many = [write_map(tmp_path / f"p{i}.png", blob_map(w, h)) for i in range(limits.MAX_SESSION_PHOTOS + 1)]
     with pytest.raises(service.UserError, match=f"101 files uploaded; a session takes at most 100"):
-        review_page.create("many", "uploads", None, 0, 0, [str(p) for p in many], "demo", "", "paper", 0.3, cfg)
+        review_tab.create("many", "uploads", None, 0, 0, [str(p) for p in many], "demo", "", "paper", 0.3, cfg)
     big = tmp_path / "big.png"
     with open(big, "wb") as f:
         f.truncate(limits.MAX_SESSION_UPLOAD_BYTES + 1)  # sparse: the size is checked before any byte is read
     with pytest.raises(service.UserError, match="at most 200 MB"):
-        review_page.create("big", "uploads", None, 0, 0, [str(big)], "demo", "", "paper", 0.3, cfg)
+        review_tab.create("big", "uploads", None, 0, 0, [str(big)], "demo", "", "paper", 0.3, cfg)
     assert review.sessions(cfg.review_db) == [] and not list((cfg.review_db.parent / "review_photos").glob("*/*"))
 
 
 def test_hugging_face_users_on_the_list_join_without_a_code(cfg, db):
-    made = review_page.create("hf", "shard", "", 0, 3, None, "demo", "", "paper", 0.3, cfg, "Alice, bob")
+    made = review_tab.create("hf", "shard", "", 0, 3, None, "demo", "", "paper", 0.3, cfg, "Alice, bob")
     alice = gr.OAuthProfile({"name": "Alice A", "preferred_username": "alice", "profile": "https://hf.co/alice",
                              "picture": ""})
-    first, t1 = review_page.join(made.info.id, "", cfg, alice)
-    again, t2 = review_page.join(made.info.id, "", cfg, alice)
+    first, t1 = review_tab.join(made.info.id, "", cfg, alice)
+    again, t2 = review_tab.join(made.info.id, "", cfg, alice)
     assert first == again and first.reviewer == "hf:alice" and t1 != t2  # same identity on every visit
     assert review.reviewers(made.info.id, db) == {"hf:alice": "alice"}
     mallory = gr.OAuthProfile({"name": "M", "preferred_username": "mallory", "profile": "", "picture": ""})
     with pytest.raises(service.UserError, match="not on this session's list"):
-        review_page.join(made.info.id, "", cfg, mallory)
+        review_tab.join(made.info.id, "", cfg, mallory)
     with pytest.raises(service.UserError, match="invite code"):
-        review_page.join(made.info.id, "", cfg, None)  # not signed in: the id alone opens nothing
+        review_tab.join(made.info.id, "", cfg, None)  # not signed in: the id alone opens nothing
 
 
 # The schema of the first release (user_version 1), as it created its files.

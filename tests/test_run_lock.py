@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from dclsviz import evaluate
-from dclsviz.ui.dataset_page import read_run
+from dclsviz.ui.dataset_tab import read_run
 from lock_writer import BATCHES, PER_BATCH, SHARD, append_batch
 
 WRITER = Path(__file__).resolve().parent / "lock_writer.py"

@@ -127,7 +127,7 @@ import torch
 from spaces.zero import decorator
 from spaces.zero.torch import pack
 from spaces.zero.torch.patching import cuda_aliases
-from dclsviz.ui import dataset_page, review_page, service
+from dclsviz.ui import dataset_tab, review_tab, service
 
 def duration_of(fn):
     return inspect.getclosurevars(fn.gpu_function).nonlocals["duration"]
@@ -135,10 +135,10 @@ def duration_of(fn):
 cfg = service.AppConfig()
 out = {"device_text": service.device_text(cfg), "default_device": str(service.models.default_device())}
 out["decorated"] = {name: fn.gpu_function in decorator.decorated_cache and hasattr(fn.gpu_function, "zerogpu")
-                    for name, fn in [("compare", service._compare_on_gpu), ("review", review_page.show_next),
-                                     ("dataset", dataset_page.run_evaluation)]}
+                    for name, fn in [("compare", service._compare_on_gpu), ("review", review_tab.show_next),
+                                     ("dataset", dataset_tab.run_evaluation)]}
 out["compare_duration"] = duration_of(service._compare_on_gpu)
-out["dataset_duration"] = duration_of(dataset_page.run_evaluation)("demo,demo", "", 100, "paper", 0.3, cfg)
+out["dataset_duration"] = duration_of(dataset_tab.run_evaluation)("demo,demo", "", 100, "paper", 0.3, cfg)
 pair = service.load_pair("demo", cfg)
 out["pair_devices"] = sorted({str(p.device) for m in pair.values() for p in m.model.parameters()})
 out["aliased"] = len(cuda_aliases)

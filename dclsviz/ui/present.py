@@ -1,4 +1,5 @@
-"""How a ``Comparison`` is shown: overlays, score and top-5 tables, captions, and the export bundle file.
+"""What the page says: a ``Comparison``'s overlays, score and top-5 tables and captions, where checkpoints
+come from, and the export bundle file. All the app's Markdown is written here.
 
 Nothing is computed here: maps and scores are the Comparison's, pictures come from ``render``.
 """
@@ -14,109 +15,220 @@ from typing import Optional
 
 from .. import labels, limits, metrics, render
 from ..compare import MAP_TITLES, MAPS, Comparison
+from ..render import public_name
 from ..results import Provenance
 from . import storage
-from .service import VARIANT_TITLES
+from .service import VARIANT_TITLES, CheckpointSource
 
 # what compare's Dice/IoU use, read from the metric so the caption cannot drift from it
 TOP_FRACTION = inspect.signature(metrics.dice_iou_many).parameters["top"].default
 
 
-def public_provenance(p: Provenance) -> Provenance:
+def public_provenance(provenance: Provenance) -> Provenance:
     """A model's provenance as clients see it: the checkpoint's file name and origin, never its path here."""
-    return dataclasses.replace(p, checkpoint_path=p.checkpoint_file)
+    return dataclasses.replace(provenance, checkpoint_path=provenance.checkpoint_file)
 
 
-def public_name(name: str) -> str:
-    """A sample's name without the server's folders: a record "SHARD:INDEX" keeps the shard's file name."""
-    shard, sep, index = name.rpartition(":")
-    if sep and index.isdigit():
-        return f"{Path(shard).name}:{index}"
-    return Path(name).name if name else name
-
-
-def public_view(c: Comparison) -> Comparison:
+def public_view(comparison: Comparison) -> Comparison:
     """The comparison as responses show it (manifest, bundle): the same maps and scores, no server paths."""
-    outputs = {v: dataclasses.replace(o, provenance=public_provenance(o.provenance)) for v, o in c.outputs.items()}
-    return dataclasses.replace(c, sample=dataclasses.replace(c.sample, name=public_name(c.sample.name)),
-                               outputs=outputs)
+    outputs = {v: dataclasses.replace(o, provenance=public_provenance(o.provenance))
+               for v, o in comparison.outputs.items()}
+    sample = dataclasses.replace(comparison.sample, name=public_name(comparison.sample.name))
+    return dataclasses.replace(comparison, sample=sample, outputs=outputs)
 
 
-def provenance_text(c: Comparison) -> str:
+def provenance_text(comparison: Comparison) -> str:
     """One line naming each checkpoint (file name, origin, sha256 prefix) and the device."""
     parts = []
-    for v, o in c.outputs.items():
+    for v, o in comparison.outputs.items():
         p = o.provenance
         sha = (p.checkpoint_sha256 or "")[:12]
         name = p.checkpoint_file or "in-memory weights"
         parts.append(f"{VARIANT_TITLES[v]} `{name}` ({p.checkpoint_origin or 'given'}, sha256 `{sha}`)")
-    dev = next(iter(c.outputs.values())).provenance.device
+    dev = next(iter(comparison.outputs.values())).provenance.device
     return f"**Checkpoints:** {' · '.join(parts)} · **computed on** `{dev}`"
 
 
-def overlays(c: Comparison, alpha: float, cmap: str) -> dict:
+def overlays(comparison: Comparison, alpha: float, cmap: str) -> dict:
     """Display images: the human map and every CAM over the image as the comparison frame shows it."""
-    img = c.frame_image()
-    out = {"human": render.overlay(img, c.human, alpha, cmap) if c.human is not None else img}
-    for v, o in c.outputs.items():
+    img = comparison.frame_image()
+    out = {"human": render.overlay(img, comparison.human, alpha, cmap) if comparison.human is not None else img}
+    for v, o in comparison.outputs.items():
         for m in MAPS:
             out[f"{v}_{m}"] = render.overlay(img, o.maps[m], alpha, cmap)
     return out
 
 
-def _fmt(x: Optional[float], signed: bool = True) -> str:
-    return "—" if x is None else (f"{x:+.3f}" if signed else f"{x:.3f}")
+def _fmt(value: Optional[float], signed: bool = True) -> str:
+    return "—" if value is None else (f"{value:+.3f}" if signed else f"{value:.3f}")
 
 
 SCORE_HEADERS = ["model", "map", "ρ", "Δρ", "ρ / ceiling", "Dice", "IoU"]
 
+CEILING_NOTE = (
+    f"**ρ**: Spearman's rank correlation of the map with the human map. **ρ / ceiling**: ρ divided by "
+    f"{metrics.HUMAN_CEILING:.3f}, ClickMe's inter-human ρ (how well one half of the participants' maps predicts "
+    "the other half's), the study's alignment score. It can exceed 1: a model can match the pooled human map "
+    "better than half of the people do, and the demo shard's synthetic human maps are far cleaner than real "
+    "clicks (values of 1.1–1.4 are usual there). **Δρ**: DCLS − baseline, shown only when both models explain "
+    "the same class. **Dice, IoU**: overlap of the top-{top:.0%} pixels of the map and the human map; "
+    "\"—\" where ρ is undefined.")
 
-def score_rows(c: Comparison) -> list[list[str]]:
+
+def ceiling_note() -> str:
+    """The footnote under the score table: what ρ, ρ / ceiling, Δρ, Dice and IoU mean."""
+    return CEILING_NOTE.format(top=TOP_FRACTION)
+
+
+def same_target(comparison: Comparison) -> bool:
+    """Whether both models explain the same class (a Δρ between them means something only then)."""
+    return len({o.target for o in comparison.outputs.values()}) == 1
+
+
+def score_rows(comparison: Comparison) -> list[list[str]]:
+    """The score table: per model and map, ρ, Δρ (DCLS rows, same target only), ρ / ceiling, Dice, IoU."""
     rows = []
-    for v, o in c.outputs.items():
+    for v, o in comparison.outputs.items():
         for m in MAPS:
             sc = o.scores[m]
-            rows.append([VARIANT_TITLES[v], MAP_TITLES[m], _fmt(sc.spearman),
-                         _fmt(c.delta(m)) if v == "dcls" else "", _fmt(sc.ceiling), _fmt(sc.dice, False),
-                         _fmt(sc.iou, False)])
+            defined = sc.spearman is not None
+            delta = "" if v != "dcls" else (_fmt(comparison.delta(m)) if same_target(comparison)
+                                            else "— (different classes)")
+            rows.append([VARIANT_TITLES[v], MAP_TITLES[m], _fmt(sc.spearman), delta, _fmt(sc.ceiling),
+                         _fmt(sc.dice if defined else None, False), _fmt(sc.iou if defined else None, False)])
     return rows
 
 
 TOP5_HEADERS = ["#", "Baseline", "p", "DCLS", "p "]
 
 
-def top5_rows(c: Comparison, names) -> list[list[str]]:
-    b, d = c.outputs["baseline"].top5, c.outputs["dcls"].top5
+def top5_rows(comparison: Comparison, names) -> list[list[str]]:
+    """The top-5 table: rank, then each model's class and probability."""
+    b, d = comparison.outputs["baseline"].top5, comparison.outputs["dcls"].top5
     return [[str(k + 1), labels.short_name(bc, names), f"{bp:.3f}", labels.short_name(dc, names), f"{dp:.3f}"]
             for k, ((bc, bp), (dc, dp)) in enumerate(zip(b, d))]
 
 
-def rho_text(c: Comparison, variant: str, m: str) -> str:
-    return f"**{render.fmt_rho(c.outputs[variant].scores[m].spearman, c.human is not None)}**"
+def rho_text(comparison: Comparison, variant: str, map_name: str) -> str:
+    """The ρ line under one map."""
+    rho = comparison.outputs[variant].scores[map_name].spearman
+    return f"**{render.fmt_rho(rho, comparison.human is not None)}**"
 
 
-def column_head(c: Comparison, variant: str, names) -> str:
-    o = c.outputs[variant]
+def column_head(comparison: Comparison, variant: str, names) -> str:
+    """A model column's heading: the model, the class it explains and its top-1."""
+    o = comparison.outputs[variant]
     (c1, p1) = o.top5[0]
     arch = o.provenance.arch
     return (f"### {VARIANT_TITLES[variant]} · `{arch}`\nexplains **{labels.short_name(o.target, names)}** · top-1 "
             f"{labels.short_name(c1, names)} ({p1:.2f})")
 
 
-def sample_text(c: Comparison, names, load_s: float, source: str) -> str:
-    s = c.sample
+def sample_text(comparison: Comparison, names, load_s: float, human_source: Optional[str]) -> str:
+    """The line above the results: the input, its label, where its human map comes from, settings and time."""
+    s = comparison.sample
     label = f"label **{labels.short_name(s.label, names)}** ({s.label})" if s.label is not None and \
         0 <= s.label < len(names) else ("label " + str(s.label) if s.label is not None else "no label")
-    per = ", ".join(f"{VARIANT_TITLES[v]} {o.seconds:.2f} s" for v, o in c.outputs.items())
+    per = ", ".join(f"{VARIANT_TITLES[v]} {o.seconds:.2f} s" for v, o in comparison.outputs.items())
     load = f"; loading the models took {load_s:.1f} s" if load_s > 0.05 else ""
-    human = "no human map" if c.human is None else (
-        "human map: ClickMe" if source == "clickme" else "human map: yours")
-    targets = {o.target for o in c.outputs.values()}
-    differ = ("  \n**The two models explain different classes** (each its own top-1): choose one class to "
-              "compare them on the same target." if len(targets) > 1 else "")
-    return (f"**{Path(s.name).name or 'upload'}** · {label} · {human} · geometry `{c.geometry}` · "
-            f"threshold {c.threshold:g}  \n"
-            f"**Time:** {c.seconds:.2f} s for both models ({per}){load}{differ}")
+    human = "no human map" if comparison.human is None else f"human map: {human_source or 'yours'}"
+    differ = ("" if same_target(comparison) else "  \n**The two models explain different classes** (each its own "
+              "top-1), so Δρ is not shown: choose one class under *Class to explain* to compare them on the same "
+              "target.")
+    return (f"**{public_name(s.name) or 'upload'}** · {label} · {human} · geometry `{comparison.geometry}` · "
+            f"threshold {comparison.threshold:g}  \n"
+            f"**Time:** {comparison.seconds:.2f} s for both models ({per}){load}{differ}")
+
+
+def record_text(name: str, label: int, names, known: bool, arch: str) -> str:
+    """The caption of a ClickMe record's preview: its shard, index and label."""
+    text = (f"label **{labels.short_name(label, names)}** ({label})" if known else
+            f"label {label} (not a class of {arch}: the predicted class will be explained)")
+    return f"{public_name(name)} · {text}"
+
+
+def human_head(has_human: Optional[bool]) -> str:
+    """The heading of the human-map column: what it shows, or that the input has no human map."""
+    if has_human is False:
+        return "### Human\n**no human map** for this input: ρ, Dice and IoU need one"
+    return "### Human\nClickMe clicks, or your map"
+
+
+def colorbar_html(cmap: str) -> str:
+    """A thin colour scale of ``cmap``, labelled low → high, for the overlays on the page."""
+    stops = ", ".join(render.colormap_stops(cmap))
+    return (f'<div class="colorbar" title="{cmap}"><span>low</span>'
+            f'<div class="colorbar-ramp" style="background: linear-gradient(to right, {stops})"></div>'
+            f'<span>high</span><em>{render.COLORBAR_LABEL} ({cmap})</em></div>')
+
+
+def checkpoint_status(sources: list[CheckpointSource]) -> str:
+    """Where each checkpoint of a pair would come from, as the page and /models say it before any load."""
+    lines = []
+    for s in sources:
+        state = {"bundled": f"bundled `{s.file_name}`",
+                 "bundled-missing": f"bundled file `{s.file_name}` is missing",
+                 "found": f"{s.origin} `{s.file_name}`",
+                 "download": f"`{s.file_name}` is not on this server: it is downloaded from {s.url} on the first "
+                             "Compare (needs internet access)",
+                 "missing": f"**`{s.file_name}` is not on this server, and downloads are off**: get it from "
+                            f"{s.url} and put it in $DCLSVIZ_CHECKPOINT_DIR, or use the demo pair"}[s.state]
+        lines.append(f"- {VARIANT_TITLES[s.variant]}: {state}")
+    return "\n".join(lines)
+
+
+def failure_status(message: str, previous: Optional[str]) -> str:
+    """The persistent status box after a failed run: what went wrong, and that the results still on the page
+    (``previous``: what they were of, None when there are none) are from an earlier run."""
+    stale = (f"  \n*The results below are still those of the previous run ({previous}), not of these settings.*"
+             if previous else "")
+    return f"**Not computed.** {message}{stale}"
+
+
+def result_label(comparison: Comparison) -> str:
+    """A short name for a comparison's result: its pair and input, for the stale-results note."""
+    arch = next(iter(comparison.outputs.values())).provenance.arch
+    return f"{arch} on {public_name(comparison.sample.name) or 'an upload'}"
+
+
+# --- the Review tab's reveal -------------------------------------------------------------------------
+
+
+def _pct(part, whole) -> str:
+    return f"{part / whole:.0%}" if whole else "—"
+
+
+def _review_lines(res: dict) -> list[str]:
+    pref, n_ab = res["preference"], res["dcls_preferred"] + res["baseline_preferred"]
+    ci = (f"; 95 % CI {pref['ci'][0]:.0%}–{pref['ci'][1]:.0%} (Wilson); binomial p {pref['p']:.3g}"
+          if pref.get("ci") else "")
+    lines = [f"- **DCLS preferred** {res['dcls_preferred']} of {n_ab} A/B verdicts "
+             f"({_pct(res['dcls_preferred'], n_ab)}{ci})",
+             f"- baseline preferred {res['baseline_preferred']} · tie {res['ties']} · neither {res['neither']}"]
+    for m, agreed in res["agreement"].items():
+        lines.append(f"- agreed with the higher {MAP_TITLES[m]} ρ: **{agreed['agreed']} of {agreed['n']}** "
+                     f"({_pct(agreed['agreed'], agreed['n'])})"
+                     + (f"; {agreed['left_out']} left out (a ρ undefined or equal)" if agreed["left_out"] else ""))
+    lines.append(f"- DCLS was shown as A in {res['dcls_was_a']} of {res['n_verdicts']} judged items")
+    return lines
+
+
+def reveal_text(res: dict) -> str:
+    """The reveal as Markdown: pooled and per reviewer for the organiser, one's own for a reviewer."""
+    if "reviewers" not in res:
+        return "\n".join([f"### Your results in {res['name']!r}: {res['n_verdicts']} verdicts", *_review_lines(res)])
+    lines = [f"### Reveal of {res['name']!r}: {res['n_verdicts']} verdicts from {res['n_reviewers']} reviewers",
+             "**Pooled**", *_review_lines(res)]
+    kappa = res["inter_rater"]
+    if kappa["kappa"] is not None:
+        lines.append(f"- **Fleiss' κ {kappa['kappa']:.3f}** between {kappa['n_raters']} reviewers over the "
+                     f"{kappa['n_items']} items all of them judged (P̄ {kappa['p_bar']:.3f}, P̄e {kappa['p_e']:.3f})")
+    else:
+        lines.append(f"- Fleiss' κ: undefined ({kappa['n_raters']} reviewers with verdicts, {kappa['n_items']} "
+                     "items judged by all)")
+    for per in res["reviewers"]:
+        lines += ["", f"**{per['name']}** ({per['n_verdicts']} verdicts)", *_review_lines(per)]
+    return "\n".join(lines)
 
 
 class Exports:
@@ -139,12 +251,14 @@ class Exports:
         with cls._by_folder_lock:
             return cls._by_folder.setdefault(str(folder), cls(Path(folder)))
 
-    def write(self, c: Comparison, names, alpha: float, cmap: str, arch: str, folder: Optional[Path] = None) -> str:
+    def write(self, comparison: Comparison, names, alpha: float, cmap: str, arch: str,
+              folder: Optional[Path] = None) -> str:
         """The comparison's zip bundle (with its public manifest) in ``folder`` (default: a new one); returns
         its path."""
-        c = public_view(c)
-        data = render.export_bundle(c, names, alpha, cmap)
-        stem = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in Path(c.sample.name or "upload").name)
+        comparison = public_view(comparison)
+        data = render.export_bundle(comparison, names, alpha, cmap)
+        name = Path(comparison.sample.name or "upload").name
+        stem = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
         path = (folder or self.new_folder()) / f"dclsviz_{arch}_{stem[:60]}.zip"
         path.write_bytes(data)
         return str(path)

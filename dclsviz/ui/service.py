@@ -1,5 +1,5 @@
-"""Everything between the widgets and the core, without Gradio: configuration, where checkpoints and
-shards are, turning uploads and shard records into a ``Sample``, and the call to ``compare``.
+"""Everything between the widgets and the core, without Gradio and without page text: configuration, where
+checkpoints and shards are, turning uploads and shard records into a ``Sample``, and the call to ``compare``.
 
 Errors a user can fix are ``UserError`` with a message to show as it is.
 """
@@ -33,8 +33,6 @@ DEMO_ARCH = "demo"
 SOURCES = ("clickme", "upload")
 VARIANT_TITLES = render.VARIANT_TITLES
 TARGET_LABEL, TARGET_PRED = "label", "pred"
-# The painting canvas only needs to look right; the photo itself is read at full size for the models.
-EDITOR_MAX_SIDE = 1024
 
 # gr.Progress's call signature: progress(fraction or (done, total), desc=..., unit=...)
 Progress = Callable[..., None]
@@ -49,6 +47,8 @@ class UserError(Exception):
 
 @dataclass
 class AppConfig:
+    """The app's settings: folders, device, downloads, concurrency; from the environment by ``from_env``."""
+
     checkpoint_dir: Optional[Path] = None
     download: bool = True
     default_arch: Optional[str] = None
@@ -70,6 +70,7 @@ class AppConfig:
 
     @classmethod
     def from_env(cls) -> "AppConfig":
+        """The settings the environment gives (``DCLSVIZ_*``, see the README), defaults elsewhere."""
         env = os.environ
         return cls(
             checkpoint_dir=checkpoints.checkpoint_dir_from_env(),
@@ -115,6 +116,7 @@ def _seconds(env, name: str, most: int) -> int:
 
 
 def arch_choices() -> list[str]:
+    """The model pairs the app offers, study first."""
     return list(zoo.PAPER_ARCHS) + [a for a in zoo.archs() if a not in zoo.PAPER_ARCHS]
 
 
@@ -129,6 +131,7 @@ def _entry(arch: str, variant: str = "dcls") -> zoo.ModelEntry:
 
 
 def class_names(arch: str) -> list[str]:
+    """``arch``'s class names in index order."""
     return labels.class_names_for(_entry(arch))
 
 
@@ -145,6 +148,7 @@ def pair_available(arch: str, cfg: AppConfig) -> bool:
 
 
 def default_arch(cfg: AppConfig) -> str:
+    """The pair selected at start: the configured one, else the first whose checkpoints are here (the demo offline)."""
     if cfg.default_arch:
         if cfg.default_arch in zoo.archs():
             return cfg.default_arch
@@ -155,6 +159,7 @@ def default_arch(cfg: AppConfig) -> str:
 
 
 def device_text(cfg: AppConfig) -> str:
+    """Where the models run, for the page (on ZeroGPU without touching CUDA in this process)."""
     import torch
 
     if zero_gpu():
@@ -166,30 +171,52 @@ def device_text(cfg: AppConfig) -> str:
     return f"CPU ({torch.get_num_threads()} threads)"
 
 
-def checkpoint_status(arch: str, cfg: AppConfig) -> str:
-    """Where each checkpoint of ``arch`` would come from, before anything is loaded."""
-    lines = []
+@dataclass(frozen=True)
+class CheckpointSource:
+    """Where one checkpoint of a pair would come from, known before anything is loaded.
+
+    ``state``: "bundled" (shipped with the app), "bundled-missing", "found" (``origin`` says where),
+    "download" (not here; fetched from ``url`` on first use) or "missing" (not here, downloads off)."""
+
+    variant: str
+    file_name: str
+    state: str
+    origin: str = ""
+    url: str = ""
+
+    @property
+    def available(self) -> bool:
+        """Whether the file is here (bundled with the app or found on disk)."""
+        return self.state in ("bundled", "found")
+
+
+def checkpoint_sources(arch: str, cfg: AppConfig) -> list[CheckpointSource]:
+    """Each checkpoint of ``arch``: its file name (never a server folder) and where it would come from."""
+    out = []
     for v in zoo.VARIANTS:
         e = _entry(arch, v)
-        title = VARIANT_TITLES[v]
         if e.checkpoint.bundled:
-            p = zoo.ASSETS / e.checkpoint.bundled
-            state = f"bundled `{p.name}`" if p.is_file() else f"bundled file `{p.name}` is missing"
+            name = Path(e.checkpoint.bundled).name
+            state = "bundled" if (zoo.ASSETS / e.checkpoint.bundled).is_file() else "bundled-missing"
+            out.append(CheckpointSource(v, name, state))
         elif (hit := checkpoints.find_local(e, cfg.checkpoint_dir)) is not None:
-            # the file name and where it was found, never the folder: a server's paths stay on the server
-            state = f"{hit[0]} `{hit[1].name}`"
-        elif cfg.download:
-            state = f"not cached: downloaded on first use from {e.checkpoint.urls[0]}"
+            out.append(CheckpointSource(v, hit[1].name, "found", origin=hit[0]))
         else:
-            state = f"**not cached, downloads are off.** {checkpoints.how_to_get(e)}"
-        lines.append(f"- {title}: {state}")
-    return "\n".join(lines)
+            out.append(CheckpointSource(v, e.checkpoint.file_name, "download" if cfg.download else "missing",
+                                        url=_public_url(e)))
+    return out
+
+
+def _public_url(entry: zoo.ModelEntry) -> str:
+    return next((u for u in entry.checkpoint.urls if not u.startswith(checkpoints.HF_PREFIX)),
+                entry.checkpoint.urls[0] if entry.checkpoint.urls else "")
 
 
 # --- shards ------------------------------------------------------------------------------------------
 
 
 def demo_shard() -> Optional[Path]:
+    """The bundled demo shard, when it is there."""
     if _demo is None:
         return None
     p = zoo.ASSETS / _demo.SHARD
@@ -201,7 +228,7 @@ def shard_choices(cfg: AppConfig) -> list[tuple[str, str]]:
     out = []
     d = demo_shard()
     if d is not None:
-        out.append((f"demo: synthetic shapes ({d.name})", str(d)))
+        out.append((f"{d.name} (demo)", str(d)))  # short: a dropdown shows it whole
     for p in clickme.find_local_shards(cfg.clickme_dir):
         if d is None or p.resolve() != d.resolve():
             out.append((f"ClickMe {p.name}", str(p)))
@@ -220,7 +247,8 @@ def resolve_shard(shard: Optional[str], cfg: AppConfig) -> Path:
     for label, path in choices:
         if shard in (label, path, Path(path).name):
             return Path(path)
-    raise UserError(f"unknown shard {shard[:limits.MAX_NAME_CHARS]!r}; choose one of: {', '.join(Path(p).name for _, p in choices)}")
+    known = ", ".join(Path(p).name for _, p in choices)
+    raise UserError(f"unknown shard {shard[:limits.MAX_NAME_CHARS]!r}; choose one of: {known}")
 
 
 @functools.lru_cache(maxsize=32)
@@ -229,6 +257,7 @@ def _open_shard(path: str, mtime: float) -> clickme.ClickMeShard:
 
 
 def open_shard(path: Path) -> clickme.ClickMeShard:
+    """The shard at ``path`` (cached per file identity); an unreadable one is a ``UserError`` naming it."""
     try:
         return _open_shard(str(path), path.stat().st_mtime)
     except (OSError, clickme.ClickMeFormatError) as e:
@@ -238,23 +267,24 @@ def open_shard(path: Path) -> clickme.ClickMeShard:
 INDEX_FIELD = "the record index (a whole number or 'random')"
 
 
-def parse_index(index, n: int) -> int:
-    """The record ``index`` names in a shard of ``n`` records: plain ASCII digits (or an integral number), or
+def parse_index(index, n_records: int) -> int:
+    """The record ``index`` names in a shard of ``n_records`` records: plain ASCII digits (or an integral number), or
     'random'/empty for a random one. "3.9", "inf", "1e400", "٣", "0x10" and "-1" are refused with a message."""
-    if n <= 0:
+    if n_records <= 0:
         raise UserError("the shard holds no records")
     if index is None or (isinstance(index, str) and index.strip().lower() in ("", "random")):
-        return random.randrange(n)
+        return random.randrange(n_records)
     try:
         i = limits.whole_number(index, INDEX_FIELD, -limits.MAX_SEED, limits.MAX_SEED)
     except limits.LimitError as e:
         raise UserError(str(e)) from None
-    if not 0 <= i < n:
-        raise UserError(f"the shard has {n} records: choose an index from 0 to {n - 1}")
+    if not 0 <= i < n_records:
+        raise UserError(f"the shard has {n_records} records: choose an index from 0 to {n_records - 1}")
     return i
 
 
 def clickme_sample(shard: Optional[str], index, cfg: AppConfig) -> Sample:
+    """Record ``index`` of a listed shard as a sample; a bad shard or index is a ``UserError``."""
     sh = open_shard(resolve_shard(shard, cfg))
     i = parse_index(index, len(sh))
     try:
@@ -271,12 +301,12 @@ def shard_label_space_matches(sample_name: str, arch: str) -> bool:
 # --- uploads -----------------------------------------------------------------------------------------
 
 
-def _path_of(f) -> Optional[str]:
-    if f is None:
+def _path_of(file) -> Optional[str]:
+    if file is None:
         return None
-    if isinstance(f, dict):  # a FileData dict from some clients
-        return f.get("path")
-    return getattr(f, "name", None) if not isinstance(f, (str, os.PathLike)) else str(f)
+    if isinstance(file, dict):  # a FileData dict from some clients
+        return file.get("path")
+    return getattr(file, "name", None) if not isinstance(file, (str, os.PathLike)) else str(file)
 
 
 def load_human_file(path: str) -> np.ndarray:
@@ -287,19 +317,20 @@ def load_human_file(path: str) -> np.ndarray:
         raise UserError(f"human map: {e}") from None
 
 
-def painted_map(editor) -> Optional[np.ndarray]:
-    """The strokes painted on the photo, as a map: their opacity (0 where nothing was painted)."""
-    if not editor or not isinstance(editor, dict):
-        return None
-    strokes = [np.asarray(l) for l in editor.get("layers") or [] if l is not None]
-    strokes = [l for l in strokes if l.ndim == 3 and l.shape[2] == 4 and l[..., 3].any()]
-    if not strokes:
-        return None
-    return np.max(np.stack([l[..., 3] for l in strokes]), axis=0).astype(np.float32)
+@dataclass(frozen=True)
+class Prepared:
+    """An input ready for ``run_comparison``: the sample, the target to explain, notes for anything converted
+    or adjusted, and where its human map comes from ("ClickMe", "uploaded `x.png`", "painted", or None)."""
+
+    sample: Sample
+    target: object
+    notes: tuple[str, ...] = ()
+    human_source: Optional[str] = None
 
 
-def upload_sample(image_file, human_file=None, editor=None) -> tuple[Sample, list[str]]:
-    """The uploaded photo with the user's map (an uploaded one first, else the painted strokes)."""
+def upload_sample(image_file, human_file=None, painted: Optional[np.ndarray] = None) -> Prepared:
+    """The uploaded photo with the user's map: an uploaded one first, else ``painted`` (the painted strokes'
+    opacity, any size)."""
     path = _path_of(image_file)
     if not path:
         raise UserError("upload a photo first (or pick one of the example photos)")
@@ -308,39 +339,27 @@ def upload_sample(image_file, human_file=None, editor=None) -> tuple[Sample, lis
     except images.ImageError as e:
         raise UserError(f"photo: {e}") from None
     notes = [f"photo: {n}" for n in notes]
-    human_raw, hpath = None, _path_of(human_file)
-    painted = painted_map(editor)
+    human_raw, hpath, source = None, _path_of(human_file), None
     if hpath:
-        human_raw = load_human_file(hpath)
+        human_raw, source = load_human_file(hpath), f"uploaded `{Path(hpath).name}`"
         if painted is not None:
             notes.append("both an uploaded and a painted human map: using the uploaded one")
-        mh, mw = human_raw.shape
-        h, w = image.shape[:2]
-        if (mh, mw) != (h, w):
-            stretch = abs(mw / mh - w / h) > 0.01 * (w / h)
-            notes.append(f"the human map is {mw}×{mh} and the photo {w}×{h}: the map was resampled over the "
-                         f"whole photo" + (", stretching it (different aspect ratio)" if stretch else ""))
+        notes += _size_notes(human_raw.shape, image.shape[:2])
     elif painted is not None:
-        human_raw = painted
+        human_raw, source = painted, "painted on the photo"
     if human_raw is not None and float(human_raw.min()) == float(human_raw.max()):
         notes.append(f"the human map is constant (every pixel {float(human_raw.min()):g}): it ranks no region "
                      "above another, so Spearman's ρ against it is undefined")
-    return Sample.from_image(image, human_raw, name=Path(path).name), notes
+    return Prepared(Sample.from_image(image, human_raw, name=Path(path).name), TARGET_LABEL, tuple(notes), source)
 
 
-def editor_value(image_file):
-    """The photo as the painting canvas's background, downscaled for display only."""
-    path = _path_of(image_file)
-    if not path:
-        return None, []
-    try:
-        image, notes = images.load_image(path, with_notes=True)
-    except images.ImageError as e:
-        return None, [f"photo: {e}"]
-    pil = geometry.to_pil(image)
-    pil.thumbnail((EDITOR_MAX_SIDE, EDITOR_MAX_SIDE))
-    bg = np.asarray(pil)
-    return {"background": bg, "layers": [], "composite": bg}, [f"photo: {n}" for n in notes]
+def _size_notes(map_shape: tuple, image_shape: tuple) -> list[str]:
+    (mh, mw), (h, w) = map_shape, image_shape
+    if (mh, mw) == (h, w):
+        return []
+    stretch = abs(mw / mh - w / h) > 0.01 * (w / h)
+    return [f"the human map is {mw}×{mh} and the photo {w}×{h}: the map was resampled over the whole photo"
+            + (", stretching it (different aspect ratio)" if stretch else "")]
 
 
 # --- computing ----------------------------------------------------------------------------------------
@@ -498,6 +517,8 @@ def target_spec(target, arch: str):
 
 
 def load_pair(arch: str, cfg: AppConfig, progress: Optional[Progress] = None):
+    """Both models of ``arch``; a missing or unusable checkpoint is a ``CheckpointProblem`` naming every file
+    the pair lacks and what to do about it."""
     def report(variant, done, total):
         if progress is not None:
             progress((done, total), desc=f"Downloading the {VARIANT_TITLES[variant]} checkpoint of {arch}",
@@ -509,11 +530,29 @@ def load_pair(arch: str, cfg: AppConfig, progress: Optional[Progress] = None):
     try:
         return runtime.current().load_pair(arch, checkpoint_dir=cfg.checkpoint_dir, device=cfg.device,
                                            download=cfg.download, progress=report)
+    except checkpoints.CheckpointUnavailable as e:
+        # the raw cause (a connection error's chain) is for the log; the visitor gets what to do
+        log.warning("the %s checkpoints are unavailable: %s", arch, str(e).splitlines()[0][:500])
+        raise CheckpointProblem(missing_files_message(arch, cfg), arch) from None
     except checkpoints.CheckpointError as e:
-        raise CheckpointProblem(str(e), arch) from None
+        raise CheckpointProblem(f"The {arch} checkpoints cannot be used: {e}", arch) from None
+
+
+def missing_files_message(arch: str, cfg: AppConfig) -> str:
+    """One message naming every checkpoint file ``arch`` lacks on this server, and how to provide them."""
+    missing = [s for s in checkpoint_sources(arch, cfg) if not s.available]
+    files = " and ".join(f"{s.file_name} ({VARIANT_TITLES[s.variant]}" + (f", from {s.url})" if s.url else ")")
+                         for s in missing) or "its checkpoint files"
+    why = ("they could not be downloaded (this server may have no internet access)" if cfg.download
+           else "downloads are off on this server")
+    return (f"The {arch} checkpoints are not available: {files} {'is' if len(missing) == 1 else 'are'} missing and "
+            f"{why}. Put the files in the folder named by $DCLSVIZ_CHECKPOINT_DIR (or --checkpoint-dir) or in "
+            "$DCLSVIZ_CACHE/checkpoints, or connect the server to the internet with downloads on.")
 
 
 class CheckpointProblem(UserError):
+    """A pair's checkpoints are missing or unusable; ``arch`` names the pair."""
+
     def __init__(self, message: str, arch: str):
         offer = "" if arch == DEMO_ARCH else " The bundled demo pair works offline: choose 'demo' as the model."
         super().__init__(f"{message}{offer}")
@@ -546,17 +585,17 @@ def _compare_on_gpu(arch: str, sample: Sample, target, threshold: float, geometr
     return compare(pair, sample, target, threshold, geometry_name)
 
 
-def build_sample(source, arch, shard, index, image_file, human_file, editor, target, cfg):
+def build_sample(source: str, arch: str, shard, index, image_file, human_file, painted, target,
+                 cfg: AppConfig) -> Prepared:
     """The sample and the target to explain, with notes for anything converted or adjusted."""
     if source not in SOURCES:
         raise UserError(f"source must be one of {', '.join(SOURCES)}, not {source!r}")
     target = target_spec(target, arch)
-    if source == "clickme":
-        sample, notes = clickme_sample(shard, index, cfg), []
-        if target == TARGET_LABEL and not shard_label_space_matches(sample.name, arch):
-            notes.append(f"the shard's labels are not classes of {arch}: explaining the predicted class instead "
-                         "of the ground truth")
-            target = TARGET_PRED
-    else:
-        sample, notes = upload_sample(image_file, human_file, editor)
-    return sample, target, notes
+    if source == "upload":
+        return dataclasses.replace(upload_sample(image_file, human_file, painted), target=target)
+    sample, notes = clickme_sample(shard, index, cfg), ()
+    if target == TARGET_LABEL and not shard_label_space_matches(sample.name, arch):
+        notes = (f"the shard's labels are not classes of {arch}: explaining the predicted class instead of the "
+                 "ground truth",)
+        target = TARGET_PRED
+    return Prepared(sample, target, notes, "ClickMe" if sample.human is not None else None)

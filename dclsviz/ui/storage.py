@@ -93,7 +93,7 @@ def prune(folder: Path, *, max_age_s: float, max_bytes: int, keep: Collection[st
     try:
         entries = _survey(fd, report)
         cutoff = (time.time() if now is None else now) - max_age_s
-        entries.sort(key=lambda e: e.newest)
+        entries.sort(key=lambda entry: entry.newest)
         total = sum(e.size for e in entries)
         for e in entries:
             if e.name in keep or (e.newest >= cutoff and total <= max_bytes):

@@ -1,7 +1,7 @@
 """The Dataset tab and its ``/evaluate`` endpoint: a bounded ``evaluate`` run of one or more pairs over a
 listed shard, then the study's summary table, the paired statistics, Figure 2 and the per-image rows.
 
-The work is ``evaluate.evaluate``, ``summarise``, ``table1`` and ``scatter``, as for ``python -m dclsviz
+The work is ``evaluate.evaluate``, ``build_summary`` and ``write_summary``, as for ``python -m dclsviz
 evaluate``; this module picks the run folders, reports progress and lays out what those wrote. A pair's run
 folder is keyed by the pair, shard, geometry, threshold and checkpoint hashes, so asking again (or after a
 restart, or with other pairs beside it) reuses the rows already computed and only scores what is missing.
@@ -11,19 +11,21 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
+import functools
 import shutil
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import gradio as gr
 
 from .. import evaluate, geometry, labels, limits, metrics, zoo
 from ..cam import DEFAULT_THRESHOLD
-from ..compare import MAP_TITLES, MAPS, versions
+from ..compare import MAP_TITLES, MAPS
 from . import storage
+from .events import bind, gradio_error, titled_image
 from .present import Exports
 from .service import (AppConfig, CheckpointProblem, UserError, VARIANT_TITLES, arch_choices, check_settings,
                       class_names, dataset_gpu_seconds, default_arch, load_pair, on_gpu, open_shard, resolve_shard,
@@ -84,6 +86,8 @@ def _check(archs: list[str], shard: Optional[str], n_images, geometry_name: str,
 
 @dataclass
 class DatasetRun:
+    """One Dataset-tab request's result: the summary over its pairs, their run folders, rows and report folder."""
+
     summary: dict  # as evaluate's summary.json, over every pair that ran; shard names only, no server path
     folders: dict[str, Path]  # each pair's run folder on the server; never sent to a client
     items: list[evaluate.Item]
@@ -108,16 +112,16 @@ def _score_pair(arch: str, pair, path: Path, shards, items, geometry_name: str, 
         # evaluate holds the folder's lock while it writes; another request for the same folder waits for it
         evaluate.evaluate([arch], list(zoo.VARIANTS), shards, items, out, geometry=geometry_name, threshold=th,
                           batch_size=BATCH, progress=False, on_progress=report, log=lambda msg: None,
-                          loader=lambda a, v: pair[v], skipped_records=unreadable)
+                          loader=lambda arch_name, variant: pair[variant], skipped_records=unreadable)
         rows, shas = read_run(out, arch, items, geometry_name, th)
     except evaluate.EvaluationError as e:
         raise UserError(str(e).replace(str(out), out.name)) from None
     return out, rows, shas
 
 
-@on_gpu(duration=lambda archs, shard, n, *a, **k: dataset_gpu_seconds(archs, n),
-        pairs=lambda archs, shard, n, geometry_name, threshold, cfg, progress=None:  # input checked first
-        _check(arch_list(archs), shard, n, geometry_name, threshold, cfg) and arch_list(archs))
+@on_gpu(duration=lambda archs, shard, n_images, *args, **kwargs: dataset_gpu_seconds(archs, n_images),
+        pairs=lambda archs, shard, n_images, geometry_name, threshold, cfg, progress=None:  # input checked first
+        _check(arch_list(archs), shard, n_images, geometry_name, threshold, cfg) and arch_list(archs))
 def run_evaluation(archs, shard: Optional[str], n_images, geometry_name: str, threshold, cfg: AppConfig,
                    progress=None) -> DatasetRun:
     """Score the first ``n_images`` records of a listed shard with both models of each pair.
@@ -129,37 +133,27 @@ def run_evaluation(archs, shard: Optional[str], n_images, geometry_name: str, th
     path, n, th = _check(archs, shard, n_images, geometry_name, threshold, cfg)
     shards = evaluate.open_shards([path])
     items = evaluate.select_items(shards, n)
-    summary = {"geometry": geometry_name, "threshold": th, "target": evaluate.TARGET,
-               "human_ceiling": metrics.HUMAN_CEILING, "n_items": len(items), **evaluate.data_report(shards),
-               "limit": n, "archs": archs, "variants": list(zoo.VARIANTS), "skipped": {}, "checkpoints": {},
-               "models": {}, "paired": {}}
-    folders, rows, unreadable = {}, {}, []
-    for k, arch in enumerate(archs):
+    folders, rows, checkpoints, skipped, unreadable = {}, {}, {}, {}, []
+    for position, arch in enumerate(archs):
         try:
             pair = load_pair(arch, cfg, progress)
         except CheckpointProblem as e:
             if len(archs) == 1:
                 raise
-            summary["skipped"][arch] = str(e)
+            skipped[arch] = str(e)
             continue
-
-        def report(done, total, k=k, arch=arch):
-            if progress is not None:
-                progress((k + done / max(total, 1)) / len(archs), desc=f"Scoring {arch} ({k + 1} of {len(archs)}) "
-                         f"on {len(items)} records")
-
+        report = functools.partial(_report_progress, progress, position, arch, len(archs), len(items))
         folders[arch], rows[arch], shas = _score_pair(arch, pair, path, shards, items, geometry_name, th, cfg,
                                                       report, unreadable)
-        # the pair's numbers only: the figure and table are drawn once, over every pair, below
-        part = evaluate.summarise(rows[arch], [arch], list(zoo.VARIANTS), items)
-        summary["models"].update(part["models"])
-        summary["paired"].update(part["paired"])
-        summary["checkpoints"].update(shas)
+        checkpoints.update(shas)
     if not folders:
-        raise UserError("no pair could be evaluated: " + "; ".join(f"{a}: {why}" for a, why in
-                                                                   summary["skipped"].items()))
-    summary.update(evaluate.data_report(shards, list({(r["shard"], r["index"]): r for r in unreadable}.values())))
-    summary["versions"] = versions()
+        raise UserError("no pair could be evaluated: " + "; ".join(f"{a}: {why}" for a, why in skipped.items()))
+    # evaluate's own summary, over every pair's rows at once: the same numbers and keys as summary.json of
+    # `python -m dclsviz evaluate`
+    summary = evaluate.build_summary(
+        {key: row for part in rows.values() for key, row in part.items()}, archs, list(zoo.VARIANTS), shards, items,
+        geometry=geometry_name, threshold=th, checkpoints=checkpoints, limit=n, skipped=skipped,
+        skipped_records=list({(r["shard"], r["index"]): r for r in unreadable}.values()))
     run = DatasetRun(summary, folders, items, Exports.at(cfg.export_dir).new_folder(), rows)
     _write_report(run, geometry_name, th)
     # each pair, shard and setting keeps its own run folder: bounded here, never the ones just used
@@ -167,14 +161,17 @@ def run_evaluation(archs, shard: Optional[str], n_images, geometry_name: str, th
     return run
 
 
+def _report_progress(progress, position: int, arch: str, n_pairs: int, n_items: int, done: int, total: int) -> None:
+    if progress is not None:
+        progress((position + done / max(total, 1)) / n_pairs,
+                 desc=f"Scoring {arch} ({position + 1} of {n_pairs}) on {n_items} records")
+
+
 def _write_report(run: DatasetRun, geometry_name: str, th: float) -> None:
-    """This request's files: Figure 2, Table 1 and the summary over every pair that ran, and per pair exactly
-    the requested records' rows (not the run folder's whole CSV, which earlier requests may have grown)."""
-    ran = list(run.folders)
-    evaluate.scatter(run.summary["models"], run.report / evaluate.SCATTER_NAME,
-                     f"{', '.join(ran)}: {len(run.items)} images, {geometry_name} geometry, threshold {th}")
-    (run.report / evaluate.TABLE_NAME).write_text(evaluate.table1(run.summary["models"], ran) + "\n")
-    (run.report / evaluate.SUMMARY_NAME).write_text(json.dumps(run.summary, indent=1))
+    """This request's files: evaluate's summary files over every pair that ran, and per pair exactly the
+    requested records' rows (not the run folder's whole CSV, which earlier requests may have grown)."""
+    evaluate.write_summary(run.report, run.summary, f"{', '.join(run.folders)}: {len(run.items)} images, "
+                                                    f"{geometry_name} geometry, threshold {th}")
     for arch, out in run.folders.items():
         folder = run.report / arch
         folder.mkdir()
@@ -188,24 +185,28 @@ def _write_report(run: DatasetRun, geometry_name: str, th: float) -> None:
 # --- what the tab shows ---------------------------------------------------------------------------------
 
 
-def _f(x, fmt="{:.3f}") -> str:
-    return "—" if x is None else fmt.format(x)
+def _f(value, fmt="{:.3f}") -> str:
+    return "—" if value is None else fmt.format(value)
 
 
 def summary_rows(run: DatasetRun) -> list[list[str]]:
+    """The summary table: one row per pair, model and map."""
     rows = []
     for arch in run.folders:
         for v in zoo.VARIANTS:
             s = run.summary["models"][arch][v]
             for m in MAPS:
                 sm = s[m]
+                defined = bool(sm["n_defined"])  # no defined ρ: the overlaps mean nothing either
                 rows.append([arch, VARIANT_TITLES[v], MAP_TITLES[m], _f(sm["mean_spearman"]),
                              _f(sm["ceiling_normalised"]), str(sm["n_defined"]), str(sm["n_undefined"]),
-                             _f(sm["mean_dice"]), _f(sm["mean_iou"]), _f(s["top1_accuracy"], "{:.1%}")])
+                             _f(sm["mean_dice"] if defined else None), _f(sm["mean_iou"] if defined else None),
+                             _f(s["top1_accuracy"], "{:.1%}")])
     return rows
 
 
 def paired_rows(run: DatasetRun) -> list[list[str]]:
+    """The paired statistics table: one row per pair and map."""
     rows = []
     for arch in run.folders:
         for m, s in run.summary["paired"].get(arch, {}).items():
@@ -216,6 +217,7 @@ def paired_rows(run: DatasetRun) -> list[list[str]]:
 
 
 def image_rows(run: DatasetRun) -> list[list[str]]:
+    """The per-record table: each record's label, both models' top-1 and every ρ."""
     table = []
     for arch in run.folders:
         rows = run.rows[arch]
@@ -233,6 +235,7 @@ def image_rows(run: DatasetRun) -> list[list[str]]:
 
 
 def headline(run: DatasetRun, seconds: Optional[float] = None) -> str:
+    """The Markdown line over the tables: pairs, records, settings, and what was skipped."""
     s = run.summary
     shard = ", ".join(s["shards"])
     parts = [f"**{', '.join(run.folders)}** on the first **{s['n_items']}** records of `{shard}` · geometry "
@@ -274,20 +277,65 @@ def bundle(run: DatasetRun) -> str:
 # --- the tab ---------------------------------------------------------------------------------------------
 
 
-def _error(e: UserError) -> gr.Error:
-    if isinstance(e, CheckpointProblem):
-        return gr.Error(f"The {e.arch} checkpoints are not available. {e}")
-    return gr.Error(str(e))
+@dataclass(frozen=True)
+class EvaluateRequest:
+    """A Dataset-tab run asked for: pairs, shard, number of records and settings."""
+
+    archs: Any
+    shard: Optional[str]
+    n_images: Any
+    geometry: str
+    threshold: Any
+
+
+def on_evaluate(cfg: AppConfig, req: EvaluateRequest, progress=None) -> list:
+    """[status, headline, summary, paired, plot, per-record rows, download]. A failure changes only the status
+    box, which says what went wrong until the next run: the previous results stay, marked as such."""
+    t0 = time.perf_counter()
+    try:
+        run = run_evaluation(req.archs, req.shard, req.n_images, req.geometry, req.threshold, cfg, progress)
+    except Exception as e:  # noqa: BLE001 - said in the status box; the page stays as it was
+        stale = "  \n*The results below, if any, are from the previous run.*"
+        return [gr.update(value=f"**Not evaluated.** {gradio_error(e).message}{stale}", visible=True),
+                *[gr.skip()] * 6]
+    for arch, why in run.summary["skipped"].items():
+        gr.Warning(f"{arch} skipped: {why}")
+    scatter = run.report / evaluate.SCATTER_NAME
+    return [gr.update(value="", visible=False), headline(run, time.perf_counter() - t0), summary_rows(run),
+            paired_rows(run), str(scatter) if scatter.is_file() else None, image_rows(run),
+            gr.update(value=bundle(run), visible=True)]
+
+
+def api_evaluate(cfg: AppConfig, req: EvaluateRequest, progress=None) -> tuple:
+    """Both models of each pair in `arch` (one name, or several comma-separated) on the first `n_images`
+    (≤ 200) records of a listed shard ('' = the demo shard): the summary (as `evaluate`'s summary.json, with
+    `skipped` pairs) and a zip of the run."""
+    run = run_evaluation(req.archs, req.shard, req.n_images, req.geometry, req.threshold, cfg, progress)
+    return run.summary, bundle(run)
 
 
 def build(cfg: AppConfig) -> None:
-    """The Dataset tab's widgets and handlers; call inside a ``gr.Tab``."""
-    import time
-
-    shards = shard_choices(cfg)
+    """The Dataset tab's widgets and events, and its /evaluate endpoint; call inside a ``gr.Tab``."""
     gr.Markdown("Score both models of one or more pairs on the first records of a ClickMe-format shard: the "
                 "study's dataset numbers (Table 1, Figure 2), with the per-image rows behind them. Larger runs: "
                 "`python -m dclsviz evaluate`.")
+    inputs, run_btn = _inputs(cfg)
+    outputs = _outputs()
+    run_btn.click(bind(on_evaluate, EvaluateRequest, cfg, progress=True), inputs, outputs, api_visibility="private",
+                  concurrency_id="compute")
+    with gr.Column(visible=False):
+        hidden_inputs = [gr.Textbox(label="arch"), gr.Textbox(label="shard"),
+                         gr.Number(DEFAULT_IMAGES, label="n_images"),
+                         gr.Radio(list(geometry.GEOMETRIES), value="paper", label="geometry"),
+                         gr.Number(DEFAULT_THRESHOLD, label="threshold")]
+        hidden_outputs = [gr.JSON(label="summary"), gr.File(label="bundle")]
+        hidden = gr.Button("evaluate")
+    hidden.click(bind(api_evaluate, EvaluateRequest, cfg, progress=True), hidden_inputs, hidden_outputs,
+                 api_name="evaluate", concurrency_id="compute")
+
+
+def _inputs(cfg: AppConfig) -> tuple[list, gr.Button]:
+    shards = shard_choices(cfg)
     with gr.Row():
         arch = gr.Dropdown(arch_choices(), value=[default_arch(cfg)], multiselect=True, label="Model pairs",
                            info="several pairs make Figure 2 a comparison across architectures", elem_id="ds-arch")
@@ -297,54 +345,24 @@ def build(cfg: AppConfig) -> None:
         geom = gr.Radio(list(geometry.GEOMETRIES), value="paper", label="Geometry")
         threshold = gr.Slider(0.0, 1.0, DEFAULT_THRESHOLD, step=0.05, label="Threshold")
         run_btn = gr.Button("Evaluate", variant="primary", elem_id="ds-run")
+    return [arch, shard, n_images, geom, threshold], run_btn
+
+
+def _outputs() -> list:
+    status = gr.Markdown(visible=False, elem_id="ds-status")
     headline_md = gr.Markdown(elem_id="ds-headline")
     table = gr.Dataframe(headers=SUMMARY_HEADERS, label="Summary (means over the records)", interactive=False,
-                         elem_id="ds-summary")
+                         wrap=True, elem_id="ds-summary")
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):
             paired = gr.Dataframe(headers=PAIRED_HEADERS, label="Paired, per record: Δρ = DCLS − baseline, "
                                   "bootstrap 95% CI of its mean, Wilcoxon signed-rank p, n pairs",
-                                  interactive=False, elem_id="ds-paired")
+                                  interactive=False, wrap=True, elem_id="ds-paired")
             download = gr.DownloadButton("Download per-image CSV, summary, table and plot (zip)", visible=False,
                                          elem_id="ds-download")
         with gr.Column(scale=2):
-            plot = gr.Image(label="Baseline vs DCLS alignment (the paper's Figure 2)", interactive=False,
-                            format="png", buttons=["download", "fullscreen"], elem_id="ds-plot")
+            plot = titled_image("Baseline vs DCLS alignment (the paper's Figure 2)",
+                                buttons=["download", "fullscreen"], elem_id="ds-plot")
     per_image = gr.Dataframe(headers=ROW_HEADERS, label="Per record", interactive=False, max_height=420,
-                             elem_id="ds-rows")
-
-    def ui_evaluate(a, sh, n, ge, th, progress=gr.Progress()):
-        t0 = time.perf_counter()
-        try:
-            run = run_evaluation(a, sh, n, ge, th, cfg, progress)
-        except UserError as e:
-            raise _error(e) from None
-        for arch_, why in run.summary["skipped"].items():
-            gr.Warning(f"{arch_} skipped: {why}")
-        scatter = run.report / evaluate.SCATTER_NAME
-        return (headline(run, time.perf_counter() - t0), summary_rows(run), paired_rows(run),
-                str(scatter) if scatter.is_file() else None, image_rows(run),
-                gr.update(value=bundle(run), visible=True))
-
-    run_btn.click(ui_evaluate, [arch, shard, n_images, geom, threshold],
-                  [headline_md, table, paired, plot, per_image, download], api_visibility="private",
-                  concurrency_id="compute")
-
-    def api_evaluate(arch: str, shard: str, n_images: int, geometry: str, threshold: float,
-                     progress=gr.Progress()):
-        """Both models of each pair in `arch` (one name, or several comma-separated) on the first `n_images`
-        (≤ 200) records of a listed shard ('' = the demo shard): the summary (as `evaluate`'s summary.json, with
-        `skipped` pairs) and a zip of the run."""
-        try:
-            run = run_evaluation(arch, shard, n_images, geometry, threshold, cfg, progress)
-        except UserError as e:
-            raise _error(e) from None
-        return run.summary, bundle(run)
-
-    with gr.Column(visible=False):
-        inputs = [gr.Textbox(label="arch"), gr.Textbox(label="shard"), gr.Number(DEFAULT_IMAGES, label="n_images"),
-                  gr.Radio(list(geometry.GEOMETRIES), value="paper", label="geometry"),
-                  gr.Number(DEFAULT_THRESHOLD, label="threshold")]
-        outputs = [gr.JSON(label="summary"), gr.File(label="bundle")]
-        hidden = gr.Button("evaluate")
-    hidden.click(api_evaluate, inputs, outputs, api_name="evaluate", concurrency_id="compute")
+                             wrap=True, elem_id="ds-rows")
+    return [status, headline_md, table, paired, plot, per_image, download]
