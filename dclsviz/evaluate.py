@@ -806,7 +806,9 @@ def plausibility_faithfulness(summary: dict, path: Path, title: str) -> bool:
     colour = {m: tab10(i % 10) for i, m in enumerate(methods)}
     marker = {"baseline": "o", "dcls": "^"}
     for (a, v, m), (x, y) in pts.items():
-        ax.scatter(x, y, marker=marker.get(v, "s"), s=45, color=colour[m], edgecolor="black", lw=0.5, zorder=2)
+        # methods that coincide (HiResCAM and Grad-CAM under global pooling) show as concentric markers
+        size = 30 + 22 * (len(methods) - 1 - methods.index(m))
+        ax.scatter(x, y, marker=marker.get(v, "s"), s=size, color=colour[m], edgecolor="black", lw=0.5, zorder=2)
         twin = pts.get((a, "dcls", m)) if v == "baseline" else None
         if twin:
             ax.plot([x, twin[0]], [y, twin[1]], color=colour[m], lw=0.8, alpha=0.6, zorder=1)
