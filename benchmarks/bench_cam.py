@@ -7,6 +7,9 @@ Random weights (no download): speed does not depend on the values.
   ours         the full pair comparison: both models, both CAMs, Spearman against a human map
   grad-cam     the same four maps with the pytorch-grad-cam package (one call per map)
   live DCLS    one Grad-CAM pass through the DCLS model with its live Dcls2d layers (kernel rebuilt each forward)
+  methods      the pair with all one-pass methods (methods.NAMES) against the paper's two alone (target <= 1.3)
+  faithfulness deletion + insertion of one map (k steps, one batch of 2k) against 2k bare forwards of the model
+               (target: within 15 %)
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import numpy as np
 import torch
 from common import grad_cam_package, interleaved, median, random_pair
 
-from dclsviz import models
+from dclsviz import faithfulness, methods, models
 from dclsviz.cam import CamEngine
 from dclsviz.compare import Sample, compare
 
@@ -28,6 +31,8 @@ def main(argv=None) -> int:
     p.add_argument("--arch", default="convnext_tiny")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--steps", type=int, default=faithfulness.DEFAULT_STEPS)
+    p.add_argument("--only-methods", action="store_true", help="only the methods and faithfulness ratios")
     a = p.parse_args(argv)
     device = torch.device(a.device)
     live, pair = random_pair(a.arch, device)
@@ -48,6 +53,9 @@ def main(argv=None) -> int:
 
     def ours():
         compare(pair, sample, target="pred")
+
+    if a.only_methods:
+        return methods_and_faithfulness(a, pair, sample, x, side)
 
 
     GradCAM, ThresholdGradCAM, ClassifierOutputTarget = grad_cam_package()
@@ -84,6 +92,24 @@ def main(argv=None) -> int:
     print(f"  DCLS model, one CAM pass: frozen                    {t_frozen * 1e3:8.1f} ms")
     print(f"  DCLS model, one CAM pass: live Dcls2d               {t_live * 1e3:8.1f} ms")
     print(f"  live / frozen                                       {t_live / t_frozen:8.2f}x")
+    return methods_and_faithfulness(a, pair, sample, x, side)
+
+
+def methods_and_faithfulness(a, pair, sample, x, side) -> int:
+    """All one-pass methods vs the paper's two for the pair; deletion + insertion vs its bare forwards."""
+    lm = pair["dcls"]
+    sal = torch.rand(side, side, generator=torch.Generator().manual_seed(0)).to(x.device)
+    bare = torch.cat([x] * (2 * a.steps))
+    t = interleaved({"two": lambda: compare(pair, sample, target="pred"),
+                     "all": lambda: compare(pair, sample, target="pred", methods=methods.NAMES),
+                     "delins": lambda: faithfulness.deletion_insertion(lm, x, sal, 1, 0.5, a.steps),
+                     "bare": lambda: faithfulness.probabilities(lm, bare, 1)}, a.repeats, stat=median)
+    print(f"  pair, the paper's two maps                          {t['two'] * 1e3:8.1f} ms")
+    print(f"  pair, all {len(methods.NAMES)} one-pass methods                      {t['all'] * 1e3:8.1f} ms")
+    print(f"  ratio all / paper's two                             {t['all'] / t['two']:8.2f}   (target <= 1.3)")
+    print(f"  deletion + insertion, one map, k={a.steps}               {t['delins'] * 1e3:8.1f} ms")
+    print(f"  {2 * a.steps} bare inference forwards (one batch)            {t['bare'] * 1e3:8.1f} ms")
+    print(f"  ratio deletion+insertion / bare forwards            {t['delins'] / t['bare']:8.2f}   (target <= 1.15)")
     return 0
 
 

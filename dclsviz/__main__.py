@@ -97,10 +97,11 @@ def _explained_entry(args):
 def cmd_explain(args) -> int:
     """One model on one input: the maps as .npy, result.json (the app's manifest for that one model) and
     panel.png (the app's exported figure, this model's row)."""
-    from . import human, images, render, runtime
-    from .compare import MAPS, Comparison, explain_batch
+    from . import human, images, methods, render, runtime
+    from .compare import Comparison, explain_batch
     from .labels import class_index
 
+    chosen = methods.parse(args.methods)
     runtime.start(args.device)
     entry = _explained_entry(args)
     human_raw = images.load_map(args.human) if args.human else None
@@ -111,10 +112,11 @@ def cmd_explain(args) -> int:
     if target not in ("pred", "label"):
         target = class_index(target, entry.class_names)
     loaded = _load_model(args, entry)
-    out = explain_batch(loaded, [sample], target, args.threshold, args.geometry)[0]
+    out = explain_batch(loaded, [sample], target, args.threshold, args.geometry, methods=chosen,
+                        faithfulness=args.faithfulness, layer=args.layer, steps=args.steps)[0]
     args.out.mkdir(parents=True, exist_ok=True)
     np.save(args.out / "logits.npy", out.logits.astype(np.float32))
-    for m in MAPS:
+    for m in chosen:
         np.save(args.out / f"{m}.npy", out.maps[m].astype(np.float32))
         np.save(args.out / f"{m}_lowres.npy", out.lowres[m].astype(np.float32))
     if out.human is not None:
@@ -128,6 +130,9 @@ def cmd_explain(args) -> int:
     print(f"{entry.id}: target {out.target} ({out.class_name(out.target)}); top-1 "
           f"{out.class_name(out.top5[0][0])} {out.top5[0][1]:.3f}; Spearman: "
           f"{rho if out.human is not None else 'no human map'}; wrote {args.out}")
+    for m, f in out.faithfulness.items():
+        print(f"  {m}: deletion AUC {f.deletion:.4f} (lower: more faithful), insertion AUC {f.insertion:.4f}, "
+              f"ROAD {f.road:+.4f} (higher: more faithful)")
     return 0
 
 
@@ -194,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The CLI's argument parser, one sub-command per job (explain, models, evaluate, review, demo, pair)."""
     from .cam import DEFAULT_THRESHOLD
     from . import limits
+    from .faithfulness import DEFAULT_STEPS
     from .geometry import GEOMETRIES
     from .zoo import VARIANTS
 
@@ -219,6 +225,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="floor of Threshold-Grad-CAM, in [0, 1] (default %(default)s)")
     e.add_argument("--geometry", choices=GEOMETRIES, default="paper")
     e.add_argument("--human", type=Path, help="a human attention map (image file or .npy) over the image")
+    from .evaluate_cli import add_method_arguments
+
+    add_method_arguments(e)
+    e.add_argument("--layer", help="the CAM layer: any named module with a (B, C, h, w) output (default: the "
+                                   "study's layer of the model)")
+    e.add_argument("--steps", type=limits.cli_type(limits.whole_number, "--steps", 2, 256),
+                   default=DEFAULT_STEPS, help="deletion/insertion steps (default %(default)s)")
     e.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
     e.add_argument("--out", type=Path, required=True)
     e.set_defaults(func=cmd_explain)

@@ -14,13 +14,14 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
-from . import geometry, human, labels, metrics
+from . import geometry, human, labels, methods, metrics
 from .cam import DEFAULT_THRESHOLD, CamEngine
+from .faithfulness import DEFAULT_STEPS, Faithfulness
 from .models import LoadedModel
 from .results import UNDEFINED, MapScores, Provenance
 
-MAPS = ("gradcam", "threshold_gradcam")
-MAP_TITLES = {"gradcam": "Grad-CAM", "threshold_gradcam": "Threshold-Grad-CAM"}
+MAPS = methods.PAPER  # the paper's two: the default everywhere
+MAP_TITLES = methods.TITLES  # every method's title, the paper's two included
 
 class NonFiniteError(ValueError):
     """An input or a model's logits hold NaN or infinite values; the message says which."""
@@ -75,6 +76,8 @@ class ModelOutput:
     scores: dict[str, MapScores] = field(default_factory=dict)  # map name -> its scores
     seconds: float = 0.0
     class_names: Sequence[str] = ()
+    faithfulness: dict[str, Faithfulness] = field(default_factory=dict)  # map name -> its numbers, when asked
+    cam_layer: str = ""  # the module the maps come from
 
     def class_name(self, index: int) -> str:
         """The model's name for class ``index`` (the index itself beyond the list)."""
@@ -90,7 +93,10 @@ class ModelOutput:
         name = (lambda i: class_names[i]) if class_names else self.class_name
         return {**self.provenance.as_dict(public), "target": self.target, "target_name": name(self.target),
                 "top5": [[c, p, name(c)] for c, p in self.top5],
-                "scores": {m: s.as_dict() for m, s in self.scores.items()}, "seconds": round(self.seconds, 4)}
+                "scores": {m: s.as_dict() for m, s in self.scores.items()}, "seconds": round(self.seconds, 4),
+                "cam_layer": self.cam_layer,
+                **({"faithfulness": {m: f.as_dict() for m, f in self.faithfulness.items()}}
+                   if self.faithfulness else {})}
 
 
 def resolve_target(spec: TargetSpec, sample: Sample) -> Optional[int]:
@@ -139,29 +145,47 @@ def prepare_inputs(samples: Sequence[Sample], transform) -> tuple[torch.Tensor, 
 def explain_batch(loaded: LoadedModel, samples: Sequence[Sample], target: TargetSpec = "label",
                   threshold: float = DEFAULT_THRESHOLD, geometry_name: str = "paper",
                   engine: Optional[CamEngine] = None,
-                  inputs: Optional[tuple[torch.Tensor, list[geometry.Window]]] = None) -> list[ModelOutput]:
+                  inputs: Optional[tuple[torch.Tensor, list[geometry.Window]]] = None,
+                  methods: Sequence[str] = MAPS, faithfulness: bool = False, layer: Optional[str] = None,
+                  steps: int = DEFAULT_STEPS) -> list[ModelOutput]:
     """Preprocess, one forward + backward for the whole batch, frame the maps, score them.
 
-    ``inputs``: the result of ``prepare_inputs`` for this model's transform, when already made.
+    Args:
+        inputs: the result of ``prepare_inputs`` for this model's transform, when already made.
+        methods: the maps to make and score (``methods.parse``); the paper's two by default.
+        faithfulness: also deletion, insertion and ROAD of every map (``faithfulness``; costly).
+        layer: the CAM layer (default: the study's); ignored when ``engine`` is given.
+        steps: deletion and insertion steps.
     """
     start = time.perf_counter()
     x, windows = inputs if inputs is not None else prepare_inputs(samples, loaded.entry.transform)
-    result = (engine or CamEngine(loaded)).explain(x, [resolve_target(target, s) for s in samples], threshold)
+    engine = engine or CamEngine(loaded, layer)
+    result = engine.explain(x, [resolve_target(target, s) for s in samples], threshold, methods=methods)
     finite = np.isfinite(result.logits).all(axis=1)
     if not finite.all():
         bad = samples[int(np.argmin(finite))]
         raise NonFiniteError(f"model {loaded.entry.id} produced non-finite logits for sample "
                          f"{bad.name or '(unnamed)'}: its maps and scores would be meaningless")
     names = labels.class_names_for(loaded.entry)
-    maps = [{"gradcam": result.gradcam[i], "threshold_gradcam": result.threshold_gradcam[i]}
-            for i in range(len(samples))]
+    maps = [{m: result.maps[m][i] for m in methods} for i in range(len(samples))]
     humans = [None if s.human is None else geometry.to_frame(s.human, w, geometry_name)
               for s, w in zip(samples, windows)]
     scores = score_batch(maps, humans, loaded.device)
+    faith = _faithfulness(loaded, x, result, methods, steps) if faithfulness else [{} for _ in samples]
     per_image = (time.perf_counter() - start) / len(samples)
     return [ModelOutput(loaded.provenance(), int(result.targets[i]), result.top5(i), result.logits[i], maps[i],
-                        {"gradcam": result.gradcam_lowres[i], "threshold_gradcam": result.threshold_lowres[i]},
-                        humans[i], windows[i], scores[i], per_image, names) for i in range(len(samples))]
+                        {m: result.lowres[m][i] for m in methods}, humans[i], windows[i], scores[i], per_image,
+                        names, faith[i], engine.layer) for i in range(len(samples))]
+
+
+def _faithfulness(loaded: LoadedModel, x: torch.Tensor, result, names: Sequence[str], steps: int):
+    """Deletion, insertion and ROAD of each map of each image, the unperturbed probability from the CAM pass."""
+    from . import faithfulness
+
+    logits = torch.from_numpy(result.logits).double()
+    base = torch.softmax(logits, 1).gather(1, torch.from_numpy(result.targets)[:, None].long())[:, 0].numpy()
+    return faithfulness.evaluate_maps(loaded, x, result.targets, {m: result.lowres[m] for m in names}, base,
+                                      steps=steps)
 
 
 @dataclass
@@ -174,6 +198,11 @@ class Comparison:
     target_spec: TargetSpec
     outputs: dict[str, ModelOutput]  # variant -> output
     seconds: float
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """The maps every output carries, in order."""
+        return tuple(next(iter(self.outputs.values())).maps)
 
     @property
     def human(self) -> Optional[np.ndarray]:
@@ -199,19 +228,21 @@ class Comparison:
                 "geometry": self.geometry, "threshold": self.threshold, "target": self.target_spec,
                 "has_human_map": self.human is not None,
                 "models": {v: o.record(class_names, public) for v, o in self.outputs.items()},
-                "delta_spearman": {m: self.delta(m) for m in MAPS} if {"baseline", "dcls"} <= set(self.outputs)
+                "delta_spearman": {m: self.delta(m) for m in self.methods} if {"baseline", "dcls"} <= set(self.outputs)
                 else None,
                 "seconds": round(self.seconds, 4), "versions": versions()}
 
 
 def compare(pair: dict[str, LoadedModel], sample: Sample, target: TargetSpec = "label",
-            threshold: float = DEFAULT_THRESHOLD, geometry_name: str = "paper") -> Comparison:
+            threshold: float = DEFAULT_THRESHOLD, geometry_name: str = "paper", *, methods: Sequence[str] = MAPS,
+            faithfulness: bool = False, layer: Optional[str] = None) -> Comparison:
     """Explain ``sample`` with every model of ``pair`` (variant → model), preprocessing once per transform.
 
     Args:
         target: "label" (the sample's class, else the prediction), "pred", or a class index.
         threshold: Threshold-Grad-CAM's threshold.
         geometry_name: "paper" (the study's stretch) or "aligned" (maps placed back into the crop window).
+        methods, faithfulness, layer: as ``explain_batch``; every model gets the same.
     """
     start = time.perf_counter()
     prepared: dict = {}  # a baseline and its DCLS twin share their transform: preprocess once
@@ -220,7 +251,8 @@ def compare(pair: dict[str, LoadedModel], sample: Sample, target: TargetSpec = "
         t = m.entry.transform
         if t not in prepared:
             prepared[t] = prepare_inputs([sample], t)
-        outputs[v] = explain_batch(m, [sample], target, threshold, geometry_name, inputs=prepared[t])[0]
+        outputs[v] = explain_batch(m, [sample], target, threshold, geometry_name, inputs=prepared[t],
+                                   methods=methods, faithfulness=faithfulness, layer=layer)[0]
     return Comparison(sample, geometry_name, threshold, target, outputs, time.perf_counter() - start)
 
 

@@ -154,7 +154,8 @@ def evaluate_ranked(rank: Rank, archs: Sequence[str], variants: Sequence[str], s
     """
     from .evaluate import RunRecord, evaluate
 
-    _agreed(_attempt(lambda: RunRecord(out, geometry, threshold) and None))  # other settings: refused by all
+    layout = (kwargs.get("methods"), kwargs.get("faithfulness"))
+    _agreed(_attempt(lambda: RunRecord(out, geometry, threshold, *layout) and None))  # other settings: refused by all
     done = done_keys(out)
     barrier()  # everyone has read what exists before anyone writes
     pending = [it for it in items if any((a, v, it.shard, it.index) not in done for a in archs for v in variants)]
@@ -170,14 +171,14 @@ def evaluate_ranked(rank: Rank, archs: Sequence[str], variants: Sequence[str], s
     skipped = {a: why for s, _ in results for a, why in s.items()}
     unreadable = list({(r["shard"], r["index"]): r for _, u in results for r in u}.values())
     if rank.main:
-        _agreed(_attempt(lambda: merge_parts(out, archs, variants, items, batch_size, geometry, threshold)))
+        _agreed(_attempt(lambda: merge_parts(out, archs, variants, items, batch_size, geometry, threshold, *layout)))
     else:
         _agreed((None, None))
     return skipped, unreadable
 
 
 def merge_parts(out: Path, archs: Sequence[str], variants: Sequence[str], items: Sequence, batch_size: int,
-                geometry: str, threshold: float) -> int:
+                geometry: str, threshold: float, methods=None, faithfulness=None) -> int:
     """Every part's rows and checkpoint hashes into ``out``; returns the number of rows, then removes the parts.
 
     Rows are ordered as one process appends them on a fresh run (architecture, batch, variant, record), so the
@@ -186,14 +187,15 @@ def merge_parts(out: Path, archs: Sequence[str], variants: Sequence[str], items:
     """
     import shutil
 
-    from .evaluate import COLUMNS, CSV_NAME, ResultStore, RunRecord, csv_text, folder_lock, read_rows, row_cells
+    from .evaluate import CSV_NAME, ResultStore, RunRecord, columns_for, csv_text, folder_lock, read_rows, row_cells
     from .files import write_atomically
 
     position = {(it.shard, it.index): k for k, it in enumerate(items)}
     arch_at, variant_at = {a: k for k, a in enumerate(archs)}, {v: k for k, v in enumerate(variants)}
     parts = part_folders(out)
     with folder_lock(out):
-        record = RunRecord(out, geometry, threshold)
+        record = RunRecord(out, geometry, threshold, methods, faithfulness)
+        columns = columns_for(record.methods, record.faithfulness)
         rows = dict(ResultStore(out / CSV_NAME, read_only=True).rows)  # read_rows would take the held lock
         for part in parts:
             for model_id, sha in RunRecord(part, geometry, threshold).checkpoints.items():
@@ -206,7 +208,7 @@ def merge_parts(out: Path, archs: Sequence[str], variants: Sequence[str], items:
             k = position.get((s, i), len(items) + i)
             return (arch_at.get(a, len(archs)), a, k // batch_size, variant_at.get(v, len(variants)), v, k, s)
 
-        text = csv_text([COLUMNS, *(row_cells(rows[k]) for k in sorted(rows, key=order))])
+        text = csv_text([columns, *(row_cells(rows[k], columns) for k in sorted(rows, key=order))])
         write_atomically(out / CSV_NAME, text.encode("utf-8"))
         record.save()
     for part in parts:

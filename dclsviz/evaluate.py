@@ -13,7 +13,15 @@
   Damaged data is listed there: the spans the shard index skipped (``damaged_spans``) and the records that
   could not be read or decoded (``skipped_records``), which have no row.
 * ``scatter.png``: the paper's Figure 2 (baseline score against DCLS score, one point per model and CAM).
-* ``table1.txt``: the paper's Table 1 layout, also printed to stdout.
+* ``table1.txt``: the paper's Table 1 layout, also printed to stdout; with ``--methods`` or ``--faithfulness``
+  a per-method block follows (mean ρ per variant, Δρ with its CI and Wilcoxon p, faithfulness means).
+* ``robustness.png``: mean Δρ (DCLS − baseline) with its 95 % CI for every method and architecture.
+* ``plausibility_faithfulness.png`` (with ``--faithfulness``): mean ρ against mean deletion AUC per model and method.
+
+``--methods`` adds ``spearman_<method>`` (and ceiling, dice, iou) columns, ``--faithfulness`` the
+``deletion_<method>``, ``insertion_<method>``, ``road_<method>`` ones. A folder's header fixes its methods: a
+folder made with the paper's two (every folder made before methods existed) resumes with them; asking for
+other methods there is refused with the flags that would resume it.
 
 All maps and scores come from ``compare.explain_batch``; this module only schedules, stores and aggregates.
 """
@@ -40,6 +48,7 @@ from . import clickme, datapath, metrics, stats, zoo
 from .files import write_atomically, write_json
 from .cam import DEFAULT_THRESHOLD
 from .compare import MAP_TITLES, MAPS, explain_batch, versions
+from .faithfulness import Faithfulness
 from .results import MapScores
 
 if TYPE_CHECKING:
@@ -47,9 +56,27 @@ if TYPE_CHECKING:
 
 TARGET = "label"  # the study explains the record's ground-truth class
 KEY = ("arch", "variant", "shard", "index")
-COLUMNS = (*KEY, "label", "target", "predicted", *MapScores.csv_columns(MAPS))
+_LEAD = (*KEY, "label", "target", "predicted")
+
+
+def columns_for(methods: Sequence[str] = MAPS, faithfulness: bool = False) -> tuple[str, ...]:
+    """The per-image CSV's columns for ``methods``: the scores of each, then (when asked) its faithfulness."""
+    return (*_LEAD, *MapScores.csv_columns(methods), *(Faithfulness.csv_columns(methods) if faithfulness else ()))
+
+
+def layout_of(header: Sequence[str]) -> Optional[tuple[tuple[str, ...], bool]]:
+    """(methods, faithfulness) of a per-image CSV header; None when it is no header this version writes."""
+    methods = tuple(c[len("spearman_"):] for c in header if c.startswith("spearman_"))
+    for faithful in (False, True):
+        if tuple(header) == columns_for(methods, faithful):
+            return methods, faithful
+    return None
+
+
+COLUMNS = columns_for()  # the paper's two maps, no faithfulness: the default, and every older folder's
 CSV_NAME, RUN_NAME, SUMMARY_NAME, SCATTER_NAME, TABLE_NAME = (
     "per_image.csv", "run.json", "summary.json", "scatter.png", "table1.txt")
+ROBUSTNESS_NAME, PLAUSIBILITY_NAME = "robustness.png", "plausibility_faithfulness.png"
 LOCK_NAME = ".lock"  # flock'ed by writers and readers of the folder
 DEFAULT_BATCH = 32
 
@@ -132,11 +159,16 @@ class ResultStore:
     ``per_image.malformed-<UTC time>.csv`` before the file is rewritten without them, so their rows are
     computed again. Opened with ``read_only=True`` nothing is ever written: a torn last line and malformed
     lines are left out of ``rows``. A header of another version is refused either way.
+
+    ``columns``: the header a writer needs (``columns_for``); a file with another one is refused. None (readers)
+    takes any header this version writes; ``columns`` is then the file's (``COLUMNS`` for a new file).
     """
 
-    def __init__(self, path: Path, *, read_only: bool = False):
+    def __init__(self, path: Path, *, read_only: bool = False, columns: Optional[Sequence[str]] = None):
         self.path = Path(path)
         self.read_only = read_only
+        self.wanted = None if columns is None else tuple(columns)
+        self.columns = self.wanted or COLUMNS
         self.rows: dict[tuple, dict] = {}
         self.dropped_torn_line = False
         self.duplicates = 0
@@ -170,7 +202,7 @@ class ResultStore:
         good, bad = [lines[0]], []
         for lineno, raw in enumerate(lines[1:], start=2):
             try:
-                row = _parse_line(raw)
+                row = _parse_line(raw, self.columns)
             except (ValueError, csv.Error) as e:
                 self.malformed.append(f"line {lineno}: {e}")
                 bad.append(raw)
@@ -189,9 +221,15 @@ class ResultStore:
             header = next(csv.reader([raw.decode("utf-8")]), [])
         except (UnicodeDecodeError, csv.Error) as e:
             raise EvaluationError(f"{self.path}: the header line is unreadable ({e}); use another --out folder") from None
-        if tuple(header) != COLUMNS:
-            raise EvaluationError(f"{self.path} has columns {header}, not this version's {list(COLUMNS)}; "
+        layout = layout_of(header)
+        if layout is None:
+            raise EvaluationError(f"{self.path} has columns {header}, not this version's {list(self.columns)}; "
                                   f"use another --out folder")
+        if self.wanted is not None and tuple(header) != self.wanted:
+            want = layout_of(self.wanted)
+            raise EvaluationError(f"{self.path} holds {_layout_text(*layout)}, not the {_layout_text(*want)} asked "
+                                  f"for: resume it with {_layout_flags(*layout)}, or use another --out folder")
+        self.columns = tuple(header)
 
     def _truncate(self, size: int) -> None:
         try:
@@ -233,7 +271,7 @@ class ResultStore:
         new = not self.path.exists() or self.path.stat().st_size == 0
         self._file = open(self.path, "a", newline="", encoding="utf-8")
         if new:
-            self._write([COLUMNS])
+            self._write([self.columns])
         return self
 
     def __exit__(self, *exc) -> None:
@@ -247,14 +285,22 @@ class ResultStore:
 
     def append(self, rows: list[dict]) -> None:
         """Write ``rows`` at the end of the file (whole lines, flushed) and keep them in ``self.rows``."""
-        self._write([row_cells(r) for r in rows])
+        self._write([row_cells(r, self.columns) for r in rows])
         for r in rows:
-            self.rows[tuple(r[k] for k in KEY)] = {c: (_cell(r[c]) if c != "index" else r[c]) for c in COLUMNS}
+            self.rows[tuple(r[k] for k in KEY)] = {c: (_cell(r[c]) if c != "index" else r[c]) for c in self.columns}
 
 
-def row_cells(row: dict) -> list[str]:
-    """A row (as computed, or as read back) as the CSV's cells, in column order."""
-    return [_cell(row[c]) for c in COLUMNS]
+def _layout_text(methods: Sequence[str], faithfulness: bool) -> str:
+    return f"methods {','.join(methods)} {'with' if faithfulness else 'without'} faithfulness"
+
+
+def _layout_flags(methods: Sequence[str], faithfulness: bool) -> str:
+    return f"--methods {','.join(methods)}{' --faithfulness' if faithfulness else ''}"
+
+
+def row_cells(row: dict, columns: Sequence[str] = COLUMNS) -> list[str]:
+    """A row (as computed, or as read back) as the CSV's cells, in ``columns`` order."""
+    return [_cell(row[c]) for c in columns]
 
 
 def csv_text(rows: Iterable[Sequence]) -> str:
@@ -264,17 +310,17 @@ def csv_text(rows: Iterable[Sequence]) -> str:
     return buf.getvalue()
 
 
-def _parse_line(raw: bytes) -> dict:
+def _parse_line(raw: bytes, columns: Sequence[str] = COLUMNS) -> dict:
     """One data line of ``per_image.csv`` as a row (strings, the index an int); ValueError says what is wrong."""
     fields = next(csv.reader([raw.decode("utf-8")]), [])
-    if len(fields) != len(COLUMNS):
-        raise ValueError(f"{len(fields)} fields, expected {len(COLUMNS)}")
-    row = dict(zip(COLUMNS, fields))
+    if len(fields) != len(columns):
+        raise ValueError(f"{len(fields)} fields, expected {len(columns)}")
+    row = dict(zip(columns, fields))
     row["index"] = int(row["index"])
     int(row["target"]), int(row["predicted"])
     if row["label"] != "":  # a record without a label has none
         int(row["label"])
-    for k in COLUMNS[len(KEY) + 3:]:
+    for k in columns[len(_LEAD):]:
         parse_float(row[k])
     return row
 
@@ -310,11 +356,14 @@ def read_rows(folder: Path) -> dict[tuple, dict]:
 
 
 def output_row(arch: str, variant: str, item: Item, label: Optional[int], out) -> dict:
-    """The per-image CSV row of one model's output on one record."""
+    """The per-image CSV row of one model's output on one record: the scores (and faithfulness, when computed)
+    of every map it carries."""
     row = {"arch": arch, "variant": variant, "shard": item.shard, "index": item.index, "label": label,
            "target": out.target, "predicted": out.top5[0][0]}
-    for m in MAPS:
+    for m in out.maps:
         row.update(out.scores[m].csv_cells(m))
+    for m, f in out.faithfulness.items():
+        row.update(f.csv_cells(m))
     return row
 
 
@@ -324,7 +373,9 @@ def output_row(arch: str, variant: str, item: Item, label: Optional[int], out) -
 class RunRecord:
     """``run.json``: the settings and checkpoint hashes the rows of this folder were computed with."""
 
-    def __init__(self, out: Path, geometry: str, threshold: float):
+    def __init__(self, out: Path, geometry: str, threshold: float, methods: Optional[Sequence[str]] = None,
+                 faithfulness: Optional[bool] = None):
+        """``methods``/``faithfulness``: what a writer asks for; None (readers) accepts the folder's."""
         self.path = out / RUN_NAME
         settings = {"geometry": geometry, "threshold": float(threshold), "target": TARGET}
         rows = out / CSV_NAME
@@ -336,6 +387,26 @@ class RunRecord:
         if differ:
             said = ", ".join(f"{k} {old!r} (asked {new!r})" for k, (old, new) in differ.items())
             raise EvaluationError(f"{out} holds rows computed with {said}; use another --out folder")
+        if not self.path.exists():  # a new folder holds what is asked
+            self.data["methods"] = list(methods if methods is not None else MAPS)
+            self.data["faithfulness"] = bool(faithfulness)
+        # a folder from before methods existed holds the paper's two without faithfulness
+        held = (tuple(self.data.setdefault("methods", list(MAPS))), bool(self.data.setdefault("faithfulness", False)))
+        asked = (tuple(methods) if methods is not None else held[0],
+                 bool(faithfulness) if faithfulness is not None else held[1])
+        if asked != held:
+            raise EvaluationError(f"{out} holds rows of {_layout_text(*held)}, not the {_layout_text(*asked)} asked "
+                                  f"for: resume it with {_layout_flags(*held)}, or use another --out folder")
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """The methods the rows of this folder carry."""
+        return tuple(self.data["methods"])
+
+    @property
+    def faithfulness(self) -> bool:
+        """Whether the rows of this folder carry faithfulness numbers."""
+        return bool(self.data["faithfulness"])
 
     @property
     def checkpoints(self) -> dict:
@@ -392,21 +463,24 @@ class _Run:
     batch_size: int
     on_progress: Optional[Callable[[int, int], None]]
     unreadable: dict[Item, str]
+    methods: tuple[str, ...] = MAPS
+    faithfulness: bool = False
 
     @classmethod
     def start(cls, out: Path, shards, items: Sequence[Item], archs, variants, *, geometry: str, threshold: float,
-              batch_size: int, workers: int, log, progress: bool, on_progress) -> "_Run":
+              batch_size: int, workers: int, log, progress: bool, on_progress, methods: Sequence[str] = MAPS,
+              faithfulness: bool = False) -> "_Run":
         """Record the run's settings, open its rows (repairing a torn file) and find what is left to do.
         The caller holds ``folder_lock(out)``."""
-        record = RunRecord(out, geometry, threshold)
+        record = RunRecord(out, geometry, threshold, methods, faithfulness)
         record.save()
-        store = ResultStore(out / CSV_NAME)
+        store = ResultStore(out / CSV_NAME, columns=columns_for(methods, faithfulness))
         if store.repair_note():
             log(store.repair_note())
         pending = {(a, v): {it for it in items if it not in store.done(a, v)} for a in archs for v in variants}
         return cls(shards, items, store, record, pending, workers,
                    _progress(sum(len(p) for p in pending.values()), progress), log, threshold, geometry,
-                   batch_size, on_progress, {})
+                   batch_size, on_progress, {}, tuple(methods), bool(faithfulness))
 
 
 def evaluate(archs: Sequence[str], variants: Sequence[str], shards: dict[str, clickme.ClickMeShard],
@@ -415,7 +489,8 @@ def evaluate(archs: Sequence[str], variants: Sequence[str], shards: dict[str, cl
              download: bool = True, progress: bool = True, log=None,
              on_progress: Optional[Callable[[int, int], None]] = None,
              loader: Optional[Callable[[str, str], "LoadedModel"]] = None,
-             skipped_records: Optional[list[dict]] = None, workers: int = 0) -> dict[str, str]:
+             skipped_records: Optional[list[dict]] = None, workers: int = 0, methods: Sequence[str] = MAPS,
+             faithfulness: bool = False) -> dict[str, str]:
     """Append the missing rows of ``archs`` × ``variants`` × ``items`` to ``out/per_image.csv``.
 
     The folder is held under ``folder_lock`` throughout. ``on_progress(done, total)`` is called after each
@@ -424,7 +499,8 @@ def evaluate(archs: Sequence[str], variants: Sequence[str], shards: dict[str, cl
     no row, so each later run tries and reports it again); ``skipped_records``, when given, receives one
     {shard, index, reason} per such record. Returns {arch: reason} for the architectures skipped because a
     checkpoint is unavailable. ``workers``: processes that read, decode and preprocess the records
-    (``datapath``); 0 does it in a thread of this process, a batch ahead of the models.
+    (``datapath``); 0 does it in a thread of this process, a batch ahead of the models. ``methods``: the maps
+    scored (``methods.parse``); ``faithfulness``: also their deletion, insertion and ROAD (costly).
     """
     if batch_size < 1:
         raise EvaluationError("--batch-size must be at least 1")
@@ -434,7 +510,8 @@ def evaluate(archs: Sequence[str], variants: Sequence[str], shards: dict[str, cl
     skipped: dict[str, str] = {}
     with folder_lock(out):
         run = _Run.start(out, shards, items, archs, variants, geometry=geometry, threshold=threshold,
-                         batch_size=batch_size, workers=workers, log=log, progress=progress, on_progress=on_progress)
+                         batch_size=batch_size, workers=workers, log=log, progress=progress, on_progress=on_progress,
+                         methods=methods, faithfulness=faithfulness)
         try:
             with run.store:
                 for arch in archs:
@@ -509,48 +586,71 @@ def _batch_rows(run: _Run, arch: str, variant: str, lm, engine, batch, todo: set
     if len(idx) < len(batch.items):
         x, windows = x[idx], [windows[i] for i in idx]
     outs = explain_batch(lm, [batch.samples[i] for i in idx], TARGET, run.threshold, run.geometry, engine,
-                         inputs=(x, windows))
+                         inputs=(x, windows), methods=run.methods, faithfulness=run.faithfulness)
     return [output_row(arch, variant, batch.items[i], batch.labels[i], o) for i, o in zip(idx, outs)]
 
 
 # --- aggregation -------------------------------------------------------------------------------------
 
 
+def row_methods(rows) -> tuple[tuple[str, ...], bool]:
+    """(methods, faithfulness) the per-image rows carry (the paper's two for none)."""
+    first = next(iter(rows), None)
+    if first is None:
+        return MAPS, False
+    methods = tuple(k[len("spearman_"):] for k in first if k.startswith("spearman_"))
+    return methods, all(f"deletion_{m}" in first for m in methods)
+
+
+def _mean(rows, column: str) -> Optional[float]:
+    return metrics.summarise(parse_float(r[column]) for r in rows)["mean"]
+
+
+def _model_entry(rows: dict[tuple, dict], methods: Sequence[str], faithful: bool) -> dict:
+    """One model's summary: images, top-1 accuracy, and per method its mean scores (and faithfulness)."""
+    entry = {"n_images": len(rows),
+             "top1_accuracy": (sum(r["predicted"] == r["label"] for r in rows.values()) / len(rows)
+                               if all(r["label"] != "" for r in rows.values()) else None)}
+    for m in methods:
+        s = metrics.summarise(parse_float(r[f"spearman_{m}"]) for r in rows.values())
+        entry[m] = {"mean_spearman": s["mean"], "ceiling_normalised": s["ceiling_normalised"], "n": s["n"],
+                    "n_defined": s["n_defined"], "n_undefined": s["n_undefined"],
+                    "mean_dice": _mean(rows.values(), f"dice_{m}"), "mean_iou": _mean(rows.values(), f"iou_{m}")}
+        if faithful:
+            entry[m].update({f"mean_{f}": _mean(rows.values(), f"{f}_{m}") for f in Faithfulness.FIELDS})
+    return entry
+
+
+def _paired(base: dict[tuple, dict], dcls: dict[tuple, dict], m: str, n_resamples: int, seed: int) -> dict:
+    """Paired DCLS − baseline statistics of ``m``'s ρ over the images both models have a defined ρ for."""
+    b_vals, d_vals = [], []
+    for key in sorted(base.keys() & dcls.keys()):
+        b, d = parse_float(base[key][f"spearman_{m}"]), parse_float(dcls[key][f"spearman_{m}"])
+        if b is not None and d is not None and math.isfinite(b) and math.isfinite(d):
+            b_vals.append(b)
+            d_vals.append(d)
+    return stats.paired(b_vals, d_vals, n_resamples=n_resamples, seed=seed)
+
+
 def summarise(store_rows: dict[tuple, dict], archs: Sequence[str], variants: Sequence[str], items: Sequence[Item],
               *, n_resamples: int = stats.N_RESAMPLES, seed: int = stats.SEED) -> dict:
-    """Per model × map means and per arch × map paired statistics, over ``items`` only."""
+    """Per model × method means and per arch × method paired statistics, over ``items`` only, for every method
+    (and the faithfulness numbers) the rows carry."""
     wanted = {(it.shard, it.index) for it in items}
     by_model: dict[tuple[str, str], dict[tuple, dict]] = {}
     for (a, v, s, i), row in store_rows.items():
         if a in archs and v in variants and (s, i) in wanted:
             by_model.setdefault((a, v), {})[(s, i)] = row
+    methods, faithful = row_methods(store_rows.values())
     models: dict[str, dict] = {}
     for (a, v), rows in sorted(by_model.items()):
-        entry = {"n_images": len(rows),
-                 "top1_accuracy": (sum(r["predicted"] == r["label"] for r in rows.values()) / len(rows)
-                                   if all(r["label"] != "" for r in rows.values()) else None)}
-        for m in MAPS:
-            s = metrics.summarise(parse_float(r[f"spearman_{m}"]) for r in rows.values())
-            entry[m] = {"mean_spearman": s["mean"], "ceiling_normalised": s["ceiling_normalised"], "n": s["n"],
-                        "n_defined": s["n_defined"], "n_undefined": s["n_undefined"],
-                        "mean_dice": metrics.summarise(parse_float(r[f"dice_{m}"]) for r in rows.values())["mean"],
-                        "mean_iou": metrics.summarise(parse_float(r[f"iou_{m}"]) for r in rows.values())["mean"]}
-        models.setdefault(a, {})[v] = entry
+        models.setdefault(a, {})[v] = _model_entry(rows, methods, faithful)
     paired: dict[str, dict] = {}
     for a in archs:
         base, dcls = by_model.get((a, "baseline")), by_model.get((a, "dcls"))
-        if not base or not dcls:
-            continue
-        paired[a] = {}
-        for m in MAPS:
-            b_vals, d_vals = [], []
-            for key in sorted(base.keys() & dcls.keys()):
-                b, d = parse_float(base[key][f"spearman_{m}"]), parse_float(dcls[key][f"spearman_{m}"])
-                if b is not None and d is not None and math.isfinite(b) and math.isfinite(d):
-                    b_vals.append(b)
-                    d_vals.append(d)
-            paired[a][m] = stats.paired(b_vals, d_vals, n_resamples=n_resamples, seed=seed)
-    return {"models": models, "paired": paired}
+        if base and dcls:
+            paired[a] = {m: _paired(base, dcls, m, n_resamples, seed) for m in methods}
+    return {"methods": list(methods), "faithfulness": faithful, "models": models, "paired": paired}
 
 
 def table1(models: dict, archs: Sequence[str]) -> str:
@@ -611,6 +711,123 @@ def scatter(models: dict, path: Path, title: str) -> bool:
     return True
 
 
+def _fmt(v, spec: str = "{:.4f}") -> str:
+    return "-" if v is None else spec.format(v)
+
+
+def methods_table(summary: dict) -> str:
+    """The per-method block of table1.txt: per arch and method the mean ρ of each variant, Δρ (DCLS − baseline)
+    with its 95 % CI and Wilcoxon p, and with faithfulness the mean deletion, insertion and ROAD per variant."""
+    models, paired, faithful = summary["models"], summary["paired"], summary.get("faithfulness", False)
+    w = max([len(a) for a in summary["archs"]] + [12])
+    head = (f"{'architecture':{w}}  {'method':22} {'ρ baseline':>10} {'ρ DCLS':>9} {'Δρ':>8} {'95% CI':>19} "
+            f"{'Wilcoxon p':>10}")
+    if faithful:
+        head += "  " + "  ".join(f"{f + ' b/d':>15}" for f in Faithfulness.FIELDS)
+    lines = ["Per method: mean Spearman ρ per variant, Δρ = DCLS − baseline" +
+             ("; faithfulness means baseline/DCLS (deletion: lower is more faithful; insertion, ROAD: higher)"
+              if faithful else ""), head, "-" * len(head)]
+    for a in summary["archs"]:
+        for m in summary.get("methods", MAPS):
+            cell = {v: models.get(a, {}).get(v, {}).get(m, {}) for v in ("baseline", "dcls")}
+            p = paired.get(a, {}).get(m, {})
+            ci = f"[{p['ci'][0]:+.4f}, {p['ci'][1]:+.4f}]" if p.get("ci") else "-"
+            line = (f"{a:{w}}  {MAP_TITLES.get(m, m):22} {_fmt(cell['baseline'].get('mean_spearman')):>10} "
+                    f"{_fmt(cell['dcls'].get('mean_spearman')):>9} {_fmt(p.get('mean_delta'), '{:+.4f}'):>8} "
+                    f"{ci:>19} {_fmt(p.get('wilcoxon', {}).get('p'), '{:.3g}'):>10}")
+            if faithful:
+                pair = ("/".join(_fmt(cell[v].get(f"mean_{f}"), "{:.3f}") for v in ("baseline", "dcls"))
+                        for f in Faithfulness.FIELDS)
+                line += "  " + "  ".join(f"{t:>15}" for t in pair)
+            lines.append(line)
+    return "\n".join(lines)
+
+
+def _figure(width: float, height: float):
+    # the object API only: matplotlib's global-state interface is not safe in the app's worker threads
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=150)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots()
+
+
+def robustness(summary: dict, path: Path, title: str) -> bool:
+    """robustness.png: mean Δρ (DCLS − baseline) with its 95 % bootstrap CI, one row per method, one marker per
+    architecture. Points right of the zero line: DCLS aligns better with that method."""
+    import matplotlib
+
+    methods = list(summary.get("methods", MAPS))
+    archs = [a for a in summary["archs"] if a in summary["paired"]]
+    points = [(a, m, summary["paired"][a][m]) for a in archs for m in methods
+              if summary["paired"][a].get(m, {}).get("mean_delta") is not None]
+    if not points:
+        return False
+    fig, ax = _figure(7, 1.2 + 0.45 * len(methods) * max(1, len(archs)) ** 0.5)
+    tab10 = matplotlib.colormaps["tab10"]
+    step = 0.7 / max(1, len(archs))
+    for k, a in enumerate(archs):
+        mine = [(methods.index(m), p) for b, m, p in points if b == a]
+        ys = [len(methods) - 1 - i + (k - (len(archs) - 1) / 2) * step for i, _ in mine]
+        xs = [p["mean_delta"] for _, p in mine]
+        lo = [p["mean_delta"] - p["ci"][0] if p["ci"] else 0 for _, p in mine]
+        hi = [p["ci"][1] - p["mean_delta"] if p["ci"] else 0 for _, p in mine]
+        ax.errorbar(xs, ys, xerr=[lo, hi], fmt="o", color=tab10(k % 10), ms=5, capsize=3, lw=1.2, label=a)
+    ax.axvline(0, color="0.4", lw=1, ls="--")
+    ax.set_yticks(range(len(methods)), [MAP_TITLES.get(m, m) for m in reversed(methods)])
+    ax.set_ylim(-0.6, len(methods) - 0.4)
+    ax.set_xlabel("Δρ = DCLS − baseline (mean Spearman, 95 % bootstrap CI)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="best", title="architecture", title_fontsize=7)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    return True
+
+
+def plausibility_faithfulness(summary: dict, path: Path, title: str) -> bool:
+    """plausibility_faithfulness.png: mean ρ against the human map (x) and mean deletion AUC (y, lower is more
+    faithful), one point per model and method; a line joins each baseline to its DCLS twin."""
+    import matplotlib
+    from matplotlib.lines import Line2D
+
+    if not summary.get("faithfulness"):
+        return False
+    methods = list(summary["methods"])
+    models = summary["models"]
+    pts = {(a, v, m): (e[m]["mean_spearman"], e[m]["mean_deletion"]) for a, per in models.items()
+           for v, e in per.items() for m in methods if m in e}
+    pts = {k: xy for k, xy in pts.items() if None not in xy}
+    if not pts:
+        return False
+    fig, ax = _figure(7, 5.5)
+    tab10 = matplotlib.colormaps["tab10"]
+    colour = {m: tab10(i % 10) for i, m in enumerate(methods)}
+    marker = {"baseline": "o", "dcls": "^"}
+    for (a, v, m), (x, y) in pts.items():
+        # methods that coincide (HiResCAM and Grad-CAM under global pooling) show as concentric markers
+        size = 30 + 22 * (len(methods) - 1 - methods.index(m))
+        ax.scatter(x, y, marker=marker.get(v, "s"), s=size, color=colour[m], edgecolor="black", lw=0.5, zorder=2)
+        twin = pts.get((a, "dcls", m)) if v == "baseline" else None
+        if twin:
+            ax.plot([x, twin[0]], [y, twin[1]], color=colour[m], lw=0.8, alpha=0.6, zorder=1)
+    if len(models) > 1:
+        for (a, v, m), (x, y) in pts.items():
+            if m == methods[0]:
+                ax.annotate(a, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=6)
+    ax.set_xlabel("plausibility: mean Spearman ρ with the human map (higher: more human-like)")
+    ax.set_ylabel("faithfulness: mean deletion AUC (lower: more faithful)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(handles=[Line2D([], [], marker="s", ls="", color=colour[m], label=MAP_TITLES.get(m, m))
+                       for m in methods] + [Line2D([], [], marker=marker[v], ls="", color="0.3", label=v)
+                                            for v in ("baseline", "dcls")], fontsize=7, loc="best", ncol=2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    return True
+
+
 def data_report(shards: dict[str, clickme.ClickMeShard], skipped_records: Sequence[dict] = ()) -> dict:
     """The summary's account of the data: shard file names (never a server path), the damaged spans their
     indexing skipped and the records that could not be read, which have no row and are in no mean."""
@@ -646,11 +863,17 @@ def build_summary(rows: dict[tuple, dict], archs: Sequence[str], variants: Seque
 
 
 def write_summary(folder: Path, summary: dict, title: str) -> None:
-    """summary.json, table1.txt and Figure 2 (scatter.png) of ``summary`` into ``folder``."""
+    """summary.json, table1.txt, Figure 2 (scatter.png), robustness.png and, with faithfulness,
+    plausibility_faithfulness.png of ``summary`` into ``folder``."""
     write_json(folder / SUMMARY_NAME, summary)
     # every requested architecture has its line: one that was skipped shows "-", not nothing
-    write_atomically(folder / TABLE_NAME, (table1(summary["models"], summary["archs"]) + "\n").encode())
+    table = table1(summary["models"], summary["archs"])
+    if tuple(summary.get("methods", MAPS)) != MAPS or summary.get("faithfulness"):
+        table += "\n\n" + methods_table(summary)
+    write_atomically(folder / TABLE_NAME, (table + "\n").encode())
     scatter(summary["models"], folder / SCATTER_NAME, title)
+    robustness(summary, folder / ROBUSTNESS_NAME, title)
+    plausibility_faithfulness(summary, folder / PLAUSIBILITY_NAME, title)
 
 
 def write_report(out: Path, archs: Sequence[str], variants: Sequence[str], shards: dict[str, clickme.ClickMeShard],

@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .compare import MAP_TITLES, MAPS, Comparison
+from .compare import MAP_TITLES, Comparison
 
 COLORMAPS = ("jet", "turbo", "inferno", "viridis", "magma")
 VARIANT_TITLES = {"baseline": "Baseline", "dcls": "DCLS"}
@@ -146,7 +146,7 @@ def panel_texts(c: Comparison, class_names: Sequence[str]) -> dict:
         target = f"target {class_names[o.target]}"
         cells = [(f"{title}: human map", f"{target}\ntop-1 {class_names[top[0]]} ({top[1]:.2f})")
                  if o.human is not None else (f"{title}: image", f"no human map\n{target}")]
-        for m in MAPS:
+        for m in o.maps:  # the maps the comparison carries: the paper's two unless other methods were asked
             cells.append((f"{title} {MAP_TITLES[m]}\n{fmt_rho(o.scores[m].spearman, o.human is not None)}",
                           _overlap_text(o.scores[m]) if o.human is not None else ""))
         out[v] = cells
@@ -165,7 +165,7 @@ def panel_png(c: Comparison, class_names: Sequence[str], alpha: float = 0.5, cma
     rows = []
     for v, o in c.outputs.items():
         pictures = [overlay(img, o.human, alpha, cmap) if o.human is not None else img]
-        pictures += [overlay(img, o.maps[m], alpha, cmap) for m in MAPS]
+        pictures += [overlay(img, o.maps[m], alpha, cmap) for m in o.maps]
         rows.append([_tile(pic, title, caption) for pic, (title, caption) in zip(pictures, texts[v])])
     w, h, top_h = max(sum(t.width for t in r) for r in rows), sum(r[0].height for r in rows), _FONT_SIZE + 16
     bar = colorbar_strip(w, cmap)
@@ -199,7 +199,7 @@ def export_bundle(c: Comparison, class_names: Sequence[str], alpha: float = 0.5,
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
         z.writestr("panel.png", panel_png(c, class_names, alpha, cmap))
         for v, o in c.outputs.items():
-            for name in MAPS:
+            for name in o.maps:
                 z.writestr(f"{v}_{name}.npy", _npy(o.maps[name]))
                 z.writestr(f"{v}_{name}_lowres.npy", _npy(o.lowres[name]))
         if c.human is not None:

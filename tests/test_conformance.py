@@ -9,7 +9,6 @@ and both CAMs with the goldens the paper's own code produced, within the kit's t
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -14,7 +14,7 @@ import dclsviz.demo as demo
 from dclsviz import checkpoints, dcls, metrics, models, zoo
 from dclsviz.cam import CamEngine
 from dclsviz.clickme import ClickMeShard
-from dclsviz.demo import data, train
+from dclsviz.demo import data
 
 ASSETS = zoo.ASSETS
 SHARD = ASSETS / demo.SHARD

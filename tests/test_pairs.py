@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from dclsviz import checkpoints, dcls, models, pairs, zoo
+from dclsviz import checkpoints, models, pairs, zoo
 from dclsviz.__main__ import main
 from dclsviz.cam import CamEngine
 from dclsviz.evaluate import SUMMARY_NAME

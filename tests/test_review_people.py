@@ -145,7 +145,7 @@ def test_deleting_removes_the_photo_folder_and_every_row(cfg, db, tmp_path):
 def test_too_many_or_too_large_uploads_are_refused(cfg, tmp_path):
     w, h = 64, 48
     many = [write_map(tmp_path / f"p{i}.png", blob_map(w, h)) for i in range(limits.MAX_SESSION_PHOTOS + 1)]
-    with pytest.raises(service.UserError, match=f"101 files uploaded; a session takes at most 100"):
+    with pytest.raises(service.UserError, match="101 files uploaded; a session takes at most 100"):
         review_tab.create("many", "uploads", None, 0, 0, [str(p) for p in many], "demo", "", "paper", 0.3, cfg)
     big = tmp_path / "big.png"
     with open(big, "wb") as f:

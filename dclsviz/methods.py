@@ -1,0 +1,168 @@
+"""The attribution methods: one function per method on the CAM layer's activation A and gradient G (B,C,h,w).
+
+Every method here needs only A and G, so all of them come from the one forward and backward pass that
+``cam.CamEngine`` already runs; asking for five methods costs five cheap reductions, not five passes. The
+terms several methods share (G·A, the spatial sums of A) are computed once per call (``Terms``).
+
+Each function returns the map before the ReLU, at the layer's resolution; ``compute`` applies ``max(·, 0)``,
+as pytorch-grad-cam's ``compute_cam_per_layer`` does after its ``get_cam_image``. A method's ``<name>_lowres``
+map equals pytorch-grad-cam 1.5.7's up to a positive factor: we average over channels where it sums, so
+that every channel-reducing map has the scale of the study's Grad-CAM (a mean over channels).
+
+The paper's two (``gradcam``, ``threshold_gradcam``) come from ``cam.combine`` unchanged.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+PAPER = ("gradcam", "threshold_gradcam")
+
+
+class Terms:
+    """A and G of one batch, with the products several methods share, each computed on first use."""
+
+    def __init__(self, activation: torch.Tensor, gradient: torch.Tensor):
+        self.a = activation
+        self.g = gradient
+
+    @functools.cached_property
+    def ga(self) -> torch.Tensor:
+        """G·A, element-wise."""
+        return self.g * self.a
+
+    @functools.cached_property
+    def sum_a(self) -> torch.Tensor:
+        """Σ_hw A per channel, (B,C,1,1)."""
+        return self.a.sum((2, 3), keepdim=True)
+
+
+def _channel_weighted(weights: torch.Tensor, t: Terms) -> torch.Tensor:
+    """mean_c(w_c · A_c) for channel weights (B,C)."""
+    return (weights[:, :, None, None] * t.a).mean(1)
+
+
+def hirescam(t: Terms) -> torch.Tensor:
+    """HiResCAM: mean_c(G·A), the gradient kept per position instead of averaged."""
+    return t.ga.mean(1)
+
+
+def gradcam_elementwise(t: Terms) -> torch.Tensor:
+    """Element-wise Grad-CAM: mean_c(relu(G·A)), the ReLU before the channel sum."""
+    return t.ga.relu().mean(1)
+
+
+def xgradcam(t: Terms) -> torch.Tensor:
+    """XGrad-CAM: channel weights Σ_hw G·A / Σ_hw A."""
+    # eps added to the spatial sum of A, at 1e-7, where pytorch-grad-cam adds it
+    weights = (t.ga / (t.sum_a + 1e-7)).sum((2, 3))
+    return _channel_weighted(weights, t)
+
+
+def gradcampp(t: Terms) -> torch.Tensor:
+    """Grad-CAM++: channel weights Σ_hw relu(G)·α with α = G² / (2G² + Σ_hw A · G³).
+
+    The higher-order derivatives of the paper's Eq. 19 are replaced by powers of the first one (exact for an
+    exponential of the score), and α is zero where G is: both as pytorch-grad-cam does, eps 1e-6 included.
+    """
+    g2 = t.g * t.g
+    alpha = g2 / (2 * g2 + t.sum_a * g2 * t.g + 1e-6)
+    alpha = torch.where(t.g != 0, alpha, torch.zeros_like(alpha))
+    return _channel_weighted((t.g.relu() * alpha).sum((2, 3)), t)
+
+
+def layercam(t: Terms) -> torch.Tensor:
+    """LayerCAM: mean_c(relu(G)·A), each position weighted by its own positive gradient."""
+    return (t.g.relu() * t.a).mean(1)
+
+
+def eigengradcam(t: Terms) -> torch.Tensor:
+    """Eigen-Grad-CAM: the projection of each position's G·A on their first principal component.
+
+    The component's sign is arbitrary (an SVD's is); we take the one pytorch-grad-cam gets, by the same
+    computation: numpy's float32 SVD of the position × channel matrix, centred, with NaN set to 0. It runs on
+    the CPU whatever the device: the matrix is small (h·w × C) and another SVD may pick the other sign.
+    """
+    ga = t.ga.detach().float().cpu().numpy()
+    ga = np.where(np.isnan(ga), np.float32(0), ga)
+    out = []
+    for m in ga:
+        x = m.reshape(m.shape[0], -1).T
+        x = x - x.mean(axis=0)
+        _, _, vt = np.linalg.svd(x, full_matrices=False)
+        out.append((x @ vt[0]).reshape(m.shape[1:]))
+    return torch.from_numpy(np.stack(out).astype(np.float32)).to(t.a.device)
+
+
+@dataclass(frozen=True)
+class Method:
+    """One attribution method: its name, its title, the paper it comes from and its map on (A, G)."""
+
+    name: str
+    title: str
+    paper: str
+    fn: Callable[[Terms], torch.Tensor]
+    costly: bool = False
+
+
+def _paper_map(t: Terms) -> torch.Tensor:
+    raise AssertionError("the paper's two maps come from cam.combine")  # compute() never calls this
+
+
+REGISTRY: dict[str, Method] = {m.name: m for m in (
+    Method("gradcam", "Grad-CAM", "Selvaraju et al., ICCV 2017", _paper_map),
+    Method("threshold_gradcam", "Threshold-Grad-CAM", "the DCLS Grad-CAM study", _paper_map),
+    Method("hirescam", "HiResCAM", "Draelos & Carin, 2020 (arXiv:2011.08891)", hirescam),
+    Method("gradcam_elementwise", "Grad-CAM element-wise", "pytorch-grad-cam (Gildenblat et al.)",
+           gradcam_elementwise),
+    Method("xgradcam", "XGrad-CAM", "Fu et al., BMVC 2020", xgradcam),
+    Method("gradcampp", "Grad-CAM++", "Chattopadhyay et al., WACV 2018", gradcampp),
+    Method("layercam", "LayerCAM", "Jiang et al., IEEE TIP 2021", layercam),
+    Method("eigengradcam", "Eigen-Grad-CAM", "after Eigen-CAM, Muhammad & Yeasin, IJCNN 2020", eigengradcam),
+)}
+NAMES = tuple(REGISTRY)
+TITLES = {m.name: m.title for m in REGISTRY.values()}
+
+
+def parse(spec: str | Sequence[str] | None) -> tuple[str, ...]:
+    """Method names from a comma-separated list (or a sequence); ``all`` is every method, None the paper's two.
+
+    The paper's two come first when present, then the others in registry order, each once. Raises ValueError
+    naming the known methods for an unknown one.
+    """
+    if spec is None:
+        return PAPER
+    items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s and s.strip()]
+    if not items:
+        raise ValueError(f"no method given; choose from {', '.join(NAMES)} or 'all'")
+    if "all" in items:
+        return NAMES
+    unknown = [s for s in items if s not in REGISTRY]
+    if unknown:
+        raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(NAMES)} or 'all'")
+    return tuple(n for n in NAMES if n in items)
+
+
+def compute(names: Sequence[str], activation: torch.Tensor, gradient: torch.Tensor,
+            threshold: float) -> dict[str, torch.Tensor]:
+    """The ``names`` maps (B,h,w) at the layer's resolution, after ``max(·, 0)``, from one A and G.
+
+    Args:
+        names: method names (``parse``); the paper's two are computed together by ``cam.combine``.
+        threshold: Threshold-Grad-CAM's floor.
+    """
+    from .cam import combine
+
+    out: dict[str, torch.Tensor] = {}
+    if any(n in PAPER for n in names):
+        out["gradcam"], out["threshold_gradcam"] = combine(activation, gradient, threshold)
+    terms = Terms(activation, gradient)
+    for n in names:
+        if n not in PAPER:
+            out[n] = REGISTRY[n].fn(terms).relu()
+    return {n: out[n] for n in names}
