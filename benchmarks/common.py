@@ -13,7 +13,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dclsviz import models, zoo  # noqa: E402
-from dclsviz.cam import combine  # noqa: E402
+from dclsviz.methods import combine  # noqa: E402
 
 
 def _sync() -> None:

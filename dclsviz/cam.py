@@ -15,9 +15,8 @@ backward pass runs through the head alone, with no parameter gradients.
 from __future__ import annotations
 
 import contextvars
-from dataclasses import dataclass
 import difflib
-from dataclasses import field
+from dataclasses import dataclass, field
 from typing import Optional, Sequence, Union
 
 import numpy as np
@@ -93,20 +92,6 @@ class CamResult:
 def resize_to_frame(maps: torch.Tensor, size: int = FRAME) -> torch.Tensor:
     """(B,h,w) -> (B,size,size), as torchvision's Resize does it in the study (bilinear, antialiased)."""
     return F.interpolate(maps[:, None], (size, size), mode="bilinear", align_corners=False, antialias=True)[:, 0]
-
-
-def combine(activation: torch.Tensor, gradient: torch.Tensor, threshold: float):
-    """Both CAMs at the layer's resolution from A and G (B,C,h,w)."""
-    weighted = gradient.mean((2, 3), keepdim=True) * activation
-    gradcam = weighted.mean(1).relu()
-    t = weighted.relu().mean(1)
-    lo = t.amin((1, 2), keepdim=True)
-    hi = t.amax((1, 2), keepdim=True)
-    # a constant map has no min-max normalisation (the study's formula gives 0/0); it is the floor
-    span = hi - lo
-    t = torch.where(span > 0, (t - lo) / torch.where(span > 0, span, torch.ones_like(span)),
-                    torch.zeros_like(t))
-    return gradcam, t.clamp_min(threshold)
 
 
 Targets = Union[None, str, int, Sequence[Optional[int]]]

@@ -9,7 +9,7 @@ as pytorch-grad-cam's ``compute_cam_per_layer`` does after its ``get_cam_image``
 map equals pytorch-grad-cam 1.5.7's up to a positive factor: we average over channels where it sums, so
 that every channel-reducing map has the scale of the study's Grad-CAM (a mean over channels).
 
-The paper's two (``gradcam``, ``threshold_gradcam``) come from ``cam.combine`` unchanged.
+The paper's two (``gradcam``, ``threshold_gradcam``) come from ``combine`` unchanged.
 """
 
 from __future__ import annotations
@@ -99,6 +99,21 @@ def eigengradcam(t: Terms) -> torch.Tensor:
     return torch.from_numpy(np.stack(out).astype(np.float32)).to(t.a.device)
 
 
+def combine(activation: torch.Tensor, gradient: torch.Tensor, threshold: float):
+    """The paper's two maps, Grad-CAM and Threshold-Grad-CAM, at the layer's resolution from A and G (B,C,h,w):
+    exactly as the study computes them (the conformance goldens hold them to the paper's code)."""
+    weighted = gradient.mean((2, 3), keepdim=True) * activation
+    gradcam = weighted.mean(1).relu()
+    t = weighted.relu().mean(1)
+    lo = t.amin((1, 2), keepdim=True)
+    hi = t.amax((1, 2), keepdim=True)
+    # a constant map has no min-max normalisation (the study's formula gives 0/0); it is the floor
+    span = hi - lo
+    t = torch.where(span > 0, (t - lo) / torch.where(span > 0, span, torch.ones_like(span)),
+                    torch.zeros_like(t))
+    return gradcam, t.clamp_min(threshold)
+
+
 @dataclass(frozen=True)
 class Method:
     """One attribution method: its name, its title, the paper it comes from and its map on (A, G)."""
@@ -111,7 +126,7 @@ class Method:
 
 
 def _paper_map(t: Terms) -> torch.Tensor:
-    raise AssertionError("the paper's two maps come from cam.combine")  # compute() never calls this
+    raise AssertionError("the paper's two maps come from combine")  # compute() never calls this
 
 
 REGISTRY: dict[str, Method] = {m.name: m for m in (
@@ -153,11 +168,9 @@ def compute(names: Sequence[str], activation: torch.Tensor, gradient: torch.Tens
     """The ``names`` maps (B,h,w) at the layer's resolution, after ``max(·, 0)``, from one A and G.
 
     Args:
-        names: method names (``parse``); the paper's two are computed together by ``cam.combine``.
+        names: method names (``parse``); the paper's two are computed together by ``combine``.
         threshold: Threshold-Grad-CAM's floor.
     """
-    from .cam import combine
-
     out: dict[str, torch.Tensor] = {}
     if any(n in PAPER for n in names):
         out["gradcam"], out["threshold_gradcam"] = combine(activation, gradient, threshold)

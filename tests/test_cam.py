@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from dclsviz import dcls, models, zoo
-from dclsviz.cam import CamEngine, combine
+from dclsviz.cam import CamEngine
+from dclsviz.methods import combine
 from conftest import TEST_DEVICE
 
 
