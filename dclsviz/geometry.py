@@ -69,7 +69,7 @@ def resize_crop(image: np.ndarray | Image.Image, t: Transform) -> tuple[torch.Te
     pil = to_pil(image)
     x = TF.resize(pil, t.resize, interpolation=InterpolationMode(t.interpolation), antialias=True)
     x = TF.center_crop(x, [t.crop, t.crop])
-    return torch.from_numpy(np.asarray(x)).permute(2, 0, 1).contiguous(), crop_window(pil.height, pil.width, t)
+    return torch.from_numpy(np.array(x)).permute(2, 0, 1).contiguous(), crop_window(pil.height, pil.width, t)
 
 
 def normalise(x_u8: torch.Tensor, t: Transform) -> torch.Tensor:
