@@ -333,6 +333,17 @@ def test_a_custom_pair_from_a_folder_is_offered_and_compared(browser, tmp_path_f
             rhos[arch] = [RHO.findall(page.locator(f"#rho-{v}-{m}").inner_text()) for v in VARIANTS for m in MAPS]
         assert all(len(found) == 1 for found in rhos["shapes_lab"]), rhos
         assert rhos["shapes_lab"] == rhos["demo"]
+        # the Dataset and Review tabs' endpoints take the custom pair as well
+        from app_fixtures import make_client
+
+        client = make_client(server, home / "downloads")
+        summaries = {arch: client.predict(arch, "", 4, "paper", 0.3, api_name="/evaluate")[0]
+                     for arch in ("shapes_lab", "demo")}
+        assert summaries["shapes_lab"]["models"]["shapes_lab"] == summaries["demo"]["models"]["demo"]
+        made = client.predict("lab", "", 0, 2, "shapes_lab", "", api_name="/review_create")
+        token = client.predict(made["invite_code"], "me", api_name="/review_join")["reviewer_token"]
+        shown, *pictures = client.predict(token, api_name="/review_next")
+        assert not shown["finished"] and pictures[2] and pictures[3]
         server.assert_alive()
     finally:
         ctx.close()
