@@ -38,6 +38,16 @@ def _session_cache(tmp_path_factory):
         os.environ.pop("DCLSVIZ_CACHE", None)
 
 
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """A test of its own: an empty download cache and torch hub, and no checkpoint folder from the environment
+    (nothing on this machine can stand in for the files the test writes)."""
+    monkeypatch.setenv("DCLSVIZ_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv("DCLSVIZ_CHECKPOINT_DIR", raising=False)
+    return tmp_path
+
+
 @pytest.fixture(scope="session")
 def kit() -> Path:
     """The conformance kit's data as the repository keeps it (tests/data), laid out as the kit is.

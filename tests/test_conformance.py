@@ -23,14 +23,6 @@ from kit_data import kit_input
 IDS = [e.id for e in zoo.entries() if e.arch != "demo"]
 
 
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("DCLSVIZ_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.delenv("DCLSVIZ_CHECKPOINT_DIR", raising=False)
-    return tmp_path
-
-
 def _assert_maps(got, gold, what):
     scale = float(np.abs(gold).max())
     assert got.shape == gold.shape, what

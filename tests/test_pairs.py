@@ -66,14 +66,6 @@ def demo_pair(folder: Path, text: str = DEMO_PAIR, name: str = "mine.toml") -> P
     return path
 
 
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("DCLSVIZ_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.delenv("DCLSVIZ_CHECKPOINT_DIR", raising=False)
-    return tmp_path
-
-
 def _without_file(entry):
     return dataclasses.replace(entry, pair_file=None)
 
