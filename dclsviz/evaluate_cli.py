@@ -18,9 +18,10 @@ from tqdm import tqdm
 from . import clickme, datapath, distributed, labels, limits, methods, runtime, stats, zoo
 from .cam import DEFAULT_THRESHOLD
 from .compare import MAP_TITLES
-from .evaluate import (DEFAULT_BATCH, SUMMARY_NAME, EvaluationError, evaluate, methods_table, open_shards,
-                       resolve_shards, select_items, table1, write_report)
+from .evaluate import (DEFAULT_BATCH, SUMMARY_NAME, EvaluationError, evaluate, open_shards, resolve_shards,
+                       select_items, write_report)
 from .geometry import GEOMETRIES
+from .report import methods_table, table1
 
 
 def add_method_arguments(p: argparse.ArgumentParser) -> None:

@@ -18,7 +18,7 @@ SCRIPT = textwrap.dedent("""
     for m in pkgutil.walk_packages(dclsviz.__path__, "dclsviz."):
         importlib.import_module(m.name)
     import dclsviz.demo
-    from dclsviz import clickme, compare, evaluate, labels, models, render, zoo
+    from dclsviz import clickme, compare, labels, models, render, report, zoo
 
     pair = {v: models.load(zoo.get("demo", v), device="cpu") for v in zoo.VARIANTS}
     record = clickme.ClickMeShard(zoo.ASSETS / dclsviz.demo.SHARD)[0]
@@ -37,7 +37,7 @@ SCRIPT = textwrap.dedent("""
 
     folder = Path(tempfile.mkdtemp())
     panel = lambda: render.panel_png(c, names)
-    scatter = lambda: evaluate.scatter(scores, folder / "s.png", "t") and (folder / "s.png").read_bytes()
+    scatter = lambda: report.scatter(scores, folder / "s.png", "t") and (folder / "s.png").read_bytes()
     threads = [threading.Thread(target=draw, args=(n, f)) for n, f in (("panel", panel), ("scatter", scatter))]
     for t in threads:
         t.start()
