@@ -73,7 +73,10 @@ def _without_file(entry):
 def _results_equal(a, b, what: str) -> None:
     for f in dataclasses.fields(a):
         x, y = getattr(a, f.name), getattr(b, f.name)
-        assert (x is None and y is None) or np.array_equal(x, y), f"{what}: {f.name} differs"
+        if isinstance(x, dict):  # maps by method
+            assert x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x), f"{what}: {f.name} differs"
+        else:
+            assert (x is None and y is None) or np.array_equal(x, y), f"{what}: {f.name} differs"
 
 
 # --- the study's pairs as files ---------------------------------------------------------------------------------
