@@ -128,18 +128,22 @@ def map_layers(model: nn.Module, input_size: int) -> list[str]:
     return found
 
 
+class LayerError(ValueError):
+    """A CAM layer that does not exist or whose output is not (B, C, h, w); the message lists valid ones near it."""
+
+
 def resolve_layer(loaded: LoadedModel, name: Optional[str]) -> tuple[str, nn.Module]:
     """The CAM layer ``name`` of ``loaded`` (None: the study's layer of its entry) and its module.
 
-    Raises ValueError naming the valid layers nearest to ``name`` when there is no such module.
+    Raises LayerError naming the valid layers nearest to ``name`` when there is no such module.
     """
     if name is None or name == loaded.entry.cam_layer:
         return loaded.entry.cam_layer, loaded.cam_module
     names = [n for n, _ in loaded.model.named_modules() if n]
     if name not in names:
         valid = map_layers(loaded.model, loaded.entry.transform.crop)
-        raise ValueError(f"{loaded.entry.id} has no layer {name!r}; valid CAM layers (output B×C×h×w) near it: "
-                         f"{', '.join(_close_names(name, valid))} (the study's: {loaded.entry.cam_layer})")
+        raise LayerError(f"{loaded.entry.id} has no layer {name[:80]!r}; valid CAM layers (output B×C×h×w) near "
+                         f"it: {', '.join(_close_names(name, valid))} (the study's: {loaded.entry.cam_layer})")
     return name, loaded.model.get_submodule(name)
 
 
@@ -172,12 +176,12 @@ class CamEngine:
                 out[i] = int(t)
         return out
 
-    def _activation_error(self, a: Optional[torch.Tensor]) -> ValueError:
+    def _activation_error(self, a: Optional[torch.Tensor]) -> LayerError:
         lm = self.loaded
         if a is None:
-            return ValueError(f"{lm.entry.id}: the CAM layer {self.layer!r} did not run in the forward pass")
+            return LayerError(f"{lm.entry.id}: the CAM layer {self.layer!r} did not run in the forward pass")
         valid = map_layers(lm.model, lm.entry.transform.crop)
-        return ValueError(f"{lm.entry.id}: the layer {self.layer!r} outputs {tuple(a.shape)}, not (B, C, h, w); "
+        return LayerError(f"{lm.entry.id}: the layer {self.layer!r} outputs {tuple(a.shape)}, not (B, C, h, w); "
                           f"valid CAM layers near it: {', '.join(_close_names(self.layer, valid))}")
 
     def _pass(self, x: torch.Tensor, targets: Targets):

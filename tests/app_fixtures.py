@@ -142,12 +142,18 @@ def client(app_server, tmp_path_factory):
 
 
 def compare(client, *, source="clickme", shard="", index="0", image=None, human=None, target="label",
-            threshold=0.3, geometry="paper", arch="demo"):
-    """One /compare call; returns (manifest, images dict, bundle path)."""
+            threshold=0.3, geometry="paper", arch="demo", **options):
+    """One /compare call; returns (manifest, images dict, bundle path). ``options``: the optional trailing
+    inputs (methods, faithfulness, layer); with none, the call leaves them out and the endpoint's defaults apply,
+    as a client written before they existed does."""
     from gradio_client import handle_file
 
+    trailing = ()
+    if options:
+        given = {"methods": ",".join(MAPS), "faithfulness": False, "layer": "", **options}
+        trailing = (given["methods"], given["faithfulness"], given["layer"])
     out = client.predict(arch, source, shard, str(index), handle_file(str(image)) if image else None,
-                         handle_file(str(human)) if human else None, target, threshold, geometry,
+                         handle_file(str(human)) if human else None, target, threshold, geometry, *trailing,
                          api_name="/compare")
     manifest, *imgs, bundle = out
     names = ["human"] + [f"{v}_{m}" for v in VARIANTS for m in MAPS]

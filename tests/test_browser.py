@@ -130,6 +130,46 @@ def test_upload_paint_compare_and_restyle(page):
     assert {k: page.locator(f"#rho-{k}").inner_text() for k in rhos} == rhos
 
 
+def test_two_extra_methods_get_their_columns_and_the_apis_rho(page, client):
+    """Picking HiResCAM and LayerCAM adds a baseline | DCLS pair of maps for each, with the ρ the API gives for the
+    same record and methods; faithfulness adds its columns to the score table; dropping them hides them."""
+    from app_fixtures import compare
+
+    extra = {"hirescam": "HiResCAM", "layercam": "LayerCAM"}
+    page.locator("#record-index input").fill("3")
+    page.locator("#record-index input").press("Enter")
+    for title in extra.values():
+        page.locator("#methods input").click()
+        page.get_by_role("option", name=title, exact=True).click()
+    page.locator("#advanced").get_by_text("Faithfulness and CAM layer").click()
+    page.locator("#faithfulness input[type=checkbox]").check()
+    page.locator("#run").click()
+    for m in extra:
+        page.wait_for_selector(f"#method-{m}", state="visible")
+    wait_for_results(page)
+    for m in extra:
+        for v in VARIANTS:
+            page.wait_for_selector(f"#{v}-{m} img")
+            page.wait_for_function(f"() => /ρ = [+-]\\d/.test(document.querySelector('#rho-{v}-{m}').innerText)")
+    shown = {(v, m): RHO.findall(page.locator(f"#rho-{v}-{m}").inner_text())
+             for v in VARIANTS for m in (*MAPS, *extra)}
+    manifest, _, _ = compare(client, index=3, methods=",".join((*MAPS, *extra)), faithfulness=True)
+    want = {(v, m): [f"ρ = {manifest['models'][v]['scores'][m]['spearman']:+.3f}"] for v, m in shown}
+    assert shown == want
+    table = page.locator("#scores").inner_text()
+    assert all(t in table for t in extra.values()) and "deletion" in table and "ROAD" in table
+    deletion = f"{manifest['models']['dcls']['faithfulness']['layercam']['deletion']:.3f}"
+    assert deletion in table
+    # methods left out of the next comparison leave the page
+    for title in extra.values():
+        page.locator("#methods .token").filter(has_text=title).locator(".token-remove").click()
+    page.locator("#faithfulness input[type=checkbox]").uncheck()
+    page.locator("#run").click()
+    for m in extra:
+        page.wait_for_selector(f"#method-{m}", state="hidden")
+    page.wait_for_function("() => !/deletion/.test(document.querySelector('#scores').innerText)")
+
+
 def test_bad_upload_and_missing_checkpoint_leave_the_page_working(page, tmp_path):
     upload_photo(page, bad_photo("text_as_jpg", tmp_path))
     page.get_by_text("notes.jpg is not an image").first.wait_for()

@@ -16,14 +16,14 @@ from typing import Any, Optional
 import gradio as gr
 import numpy as np
 
-from .. import clickme, geometry, images, render, zoo
+from .. import clickme, geometry, images, methods, render, zoo
 from ..cam import DEFAULT_THRESHOLD
 from ..compare import MAP_TITLES, MAPS, Comparison
 from . import present
 from .events import bind, gradio_error, is_checkpoint_problem, request, titled_image
 from .present import Exports
-from .service import (DEMO_ARCH, TARGET_LABEL, TARGET_PRED, VARIANT_TITLES, AppConfig, UserError, arch_choices,
-                      build_sample, checkpoint_sources, class_names, clickme_sample, default_arch, open_shard,
+from .service import (DEMO_ARCH, TARGET_LABEL, TARGET_PRED, VARIANT_TITLES, AppConfig, CamOptions, UserError,
+                      arch_choices, build_sample, checkpoint_sources, class_names, clickme_sample, default_arch, open_shard,
                       resolve_shard, run_comparison, shard_choices, shard_label_space_matches)
 
 IMAGE_TYPES = [".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"]
@@ -31,7 +31,9 @@ MAP_TYPES = IMAGE_TYPES + [".npy"]
 # The painting canvas only needs to look right; the photo itself is read at full size for the models.
 EDITOR_MAX_SIDE = 1024
 HUMAN_PREVIEW_ALPHA = 0.55
-MAP_KEYS = [f"{v}_{m}" for v in zoo.VARIANTS for m in MAPS]
+# every method has its place on the page; a comparison shows the blocks of the methods it computed
+MAP_KEYS = [f"{v}_{m}" for v in zoo.VARIANTS for m in methods.NAMES]
+METHOD_CHOICES = [(f"{methods.TITLES[m]}{' (paper)' if m in MAPS else ''}", m) for m in methods.NAMES]
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,9 @@ class CompareRequest:
     alpha: float
     cmap: str
     previous: Optional[Shown]
+    methods: Optional[list]
+    faithfulness: bool
+    layer: Optional[str]
 
 
 StyleRequest = request(
@@ -95,7 +100,8 @@ class CompareTab:
     def results(self) -> list:
         """Every widget a comparison writes (the outputs of the Compare events)."""
         names = ["shown", "human", "head_human", "scores", "top5", "summary", "provenance", "status", "use_demo",
-                 "colorbar", *(f"head_{v}" for v in zoo.VARIANTS), *MAP_KEYS, *(f"rho_{k}" for k in MAP_KEYS)]
+                 "colorbar", *(f"head_{v}" for v in zoo.VARIANTS), *(f"block_{m}" for m in methods.NAMES), *MAP_KEYS,
+                 *(f"rho_{k}" for k in MAP_KEYS)]
         return [self.widgets[n] for n in names]
 
     def pictures(self) -> list:
@@ -112,9 +118,10 @@ def on_compare(tab: CompareTab, req: CompareRequest, progress=None) -> dict:
     try:
         prepared = build_sample(req.source, req.arch, req.shard, req.index, req.photo, req.human_file,
                                 painted_map(req.editor), req.target, tab.cfg)
+        options = CamOptions.checked(req.methods, req.faithfulness, req.layer)
         t0 = time.perf_counter()
         c = run_comparison(req.arch, prepared.sample, prepared.target, req.threshold, req.geometry, tab.cfg,
-                           progress)
+                           progress, options)
         load_s = time.perf_counter() - t0 - c.seconds
     except Exception as e:  # noqa: BLE001 - every failure is said in the status box, the page stays usable
         previous = present.result_label(req.previous.comparison) if req.previous else None
@@ -124,7 +131,7 @@ def on_compare(tab: CompareTab, req: CompareRequest, progress=None) -> dict:
     # said once the result is there, so that a failed load is not buried under notes about the input
     for note in prepared.notes:
         gr.Warning(note)
-    if c.human is not None and any(o.scores[m].spearman is None for o in c.outputs.values() for m in MAPS):
+    if c.human is not None and any(s.spearman is None for o in c.outputs.values() for s in o.scores.values()):
         gr.Warning("ρ is undefined where a map is constant: Spearman's ρ ranks pixels, and a constant map has no "
                    "ranking")
     shown = Shown(c, req.arch, prepared.human_source)
@@ -133,20 +140,22 @@ def on_compare(tab: CompareTab, req: CompareRequest, progress=None) -> dict:
 
 def _result_values(shown: Shown, load_s: float, source: str) -> dict:
     c, names = shown.comparison, class_names(shown.arch)
-    values = {"shown": shown, "scores": present.score_rows(c), "top5": present.top5_rows(c, names),
+    values = {"shown": shown, "scores": present.score_table(c), "top5": present.top5_rows(c, names),
               "summary": present.sample_text(c, names, load_s, shown.human_source),
               "provenance": present.provenance_text(c), "status": gr.update(value="", visible=False),
               "use_demo": gr.update(visible=False)}
+    for m in methods.NAMES:
+        values[f"block_{m}"] = gr.update(visible=m in c.methods)
     for v in zoo.VARIANTS:
         values[f"head_{v}"] = present.column_head(c, v, names)
-        for m in MAPS:
-            values[f"rho_{v}_{m}"] = present.rho_text(c, v, m)
+        for m in methods.NAMES:
+            values[f"rho_{v}_{m}"] = present.rho_text(c, v, m) if m in c.methods else "ρ —"
     return values
 
 
 def _picture_values(shown: Shown, alpha: float, cmap: str) -> dict:
     overlays = present.overlays(shown.comparison, alpha, cmap)
-    values = {k: overlays[k] for k in MAP_KEYS}
+    values = {k: overlays.get(k) for k in MAP_KEYS}
     has_human = shown.comparison.human is not None
     values["human"] = overlays["human"] if has_human else None
     values["head_human"] = present.human_head(has_human)
@@ -258,7 +267,7 @@ def _record_inputs(tab: CompareTab) -> None:
     with gr.Row():
         w["shard"] = gr.Dropdown(shards, value=shards[0][1] if shards else None, label="Shard", scale=3,
                                  info=f"the demo shard, plus ClickMe shards found in ${clickme.CLICKME_DIR_ENV}")
-        w["index"] = gr.Number(0, precision=0, minimum=0, label="Record index", scale=1)
+        w["index"] = gr.Number(0, precision=0, minimum=0, label="Record index", scale=1, elem_id="record-index")
         w["random"] = gr.Button("Random record", scale=1, size="sm")
     with gr.Row():
         with gr.Column(min_width=160):
@@ -300,9 +309,24 @@ def _controls(tab: CompareTab) -> None:
     with gr.Row():
         w["alpha"] = gr.Slider(0.0, 1.0, 0.5, step=0.05, label="Overlay opacity")
         w["cmap"] = gr.Dropdown(list(render.COLORMAPS), value="jet", label="Colormap", elem_id="cmap")
+    _method_controls(tab)
     w["run"] = gr.Button("Compare", variant="primary", size="lg", elem_id="run")
     w["status"] = gr.Markdown(visible=False, elem_id="status-box")
     w["use_demo"] = gr.Button("Use the bundled demo pair instead", visible=False, size="sm", elem_id="use-demo")
+
+
+def _method_controls(tab: CompareTab) -> None:
+    w = tab.widgets
+    w["methods"] = gr.Dropdown(METHOD_CHOICES, value=list(MAPS), multiselect=True, label="Attribution methods",
+                               elem_id="methods", info="all from the same forward and backward pass; each gets a "
+                                                       "baseline | DCLS pair of maps")
+    with gr.Accordion("Faithfulness and CAM layer", open=False, elem_id="advanced"):
+        w["faithfulness"] = gr.Checkbox(False, label="Faithfulness: deletion, insertion and ROAD of every map",
+                                        info="costly: about 2 × 16 + 4 perturbed forwards per map",
+                                        elem_id="faithfulness")
+        w["layer"] = gr.Textbox("", label="CAM layer", placeholder="the study's layer of each model",
+                                info="any module whose output is (B, C, h, w), e.g. stages.2; a wrong name lists "
+                                     "the valid ones near it", max_length=80, elem_id="layer")
 
 
 def _results(tab: CompareTab) -> None:
@@ -319,16 +343,29 @@ def _results(tab: CompareTab) -> None:
                                           elem_id="human-head")
             w["human"] = gr.Image(label="Human map", show_label=False, interactive=False, format="png",
                                   height=260, buttons=["download", "fullscreen"], elem_id="human-map")
-        for v in zoo.VARIANTS:
-            with gr.Column(scale=2, min_width=380, elem_id=f"col-{v}"):
-                w[f"head_{v}"] = gr.Markdown(f"### {VARIANT_TITLES[v]}", elem_classes="model-head")
-                with gr.Row():
-                    for m in MAPS:
-                        with gr.Column(min_width=180):
-                            w[f"{v}_{m}"] = titled_image(f"{VARIANT_TITLES[v]} {MAP_TITLES[m]}", height=260,
-                                                         buttons=["download", "fullscreen"], elem_id=f"{v}-{m}")
-                            w[f"rho_{v}_{m}"] = gr.Markdown("ρ —", elem_classes="rho", elem_id=f"rho-{v}-{m}")
+        with gr.Column(scale=4):
+            with gr.Row():
+                for v in zoo.VARIANTS:
+                    w[f"head_{v}"] = gr.Markdown(f"### {VARIANT_TITLES[v]}", elem_classes="model-head",
+                                                 elem_id=f"col-{v}")
+            with gr.Row(equal_height=False, elem_id="method-grid"):
+                for m in methods.NAMES:
+                    _method_block(tab, m)
     _score_tables(tab)
+
+
+def _method_block(tab: CompareTab, method: str) -> None:
+    """One method's pair of maps, baseline | DCLS, with ρ under each; shown when the comparison has it."""
+    w = tab.widgets
+    with gr.Column(min_width=380, visible=method in MAPS, elem_id=f"method-{method}",
+                   elem_classes="method-block") as w[f"block_{method}"]:
+        gr.Markdown(f"#### {MAP_TITLES[method]}", elem_classes="method-title")
+        with gr.Row():
+            for v in zoo.VARIANTS:
+                with gr.Column(min_width=180):
+                    w[f"{v}_{method}"] = titled_image(f"{VARIANT_TITLES[v]} {MAP_TITLES[method]}", height=260,
+                                                      buttons=["download", "fullscreen"], elem_id=f"{v}-{method}")
+                    w[f"rho_{v}_{method}"] = gr.Markdown("ρ —", elem_classes="rho", elem_id=f"rho-{v}-{method}")
 
 
 def _score_tables(tab: CompareTab) -> None:
@@ -345,7 +382,8 @@ def _score_tables(tab: CompareTab) -> None:
 def _wire(demo: gr.Blocks, tab: CompareTab) -> None:
     w, private = tab.widgets, {"api_visibility": "private"}
     compare_inputs = [w[k] for k in ("arch", "source", "shard", "index", "photo", "human_file", "editor", "target",
-                                     "threshold", "geometry", "alpha", "cmap", "shown")]
+                                     "threshold", "geometry", "alpha", "cmap", "shown", "methods", "faithfulness",
+                                     "layer")]
     style_inputs = [w["shown"], w["alpha"], w["cmap"]]
     record = (bind(on_record, RecordRequest, tab), [w["shard"], w["index"], w["arch"], w["cmap"]],
               [w["rec_image"], w["rec_human"], w["rec_info"]])

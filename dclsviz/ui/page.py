@@ -13,14 +13,14 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
 
-from .. import geometry, render, zoo  # noqa: E402
+from .. import geometry, methods, render, zoo  # noqa: E402
 from ..cam import DEFAULT_THRESHOLD  # noqa: E402
 from ..compare import MAPS  # noqa: E402
 from . import compare_tab, dataset_tab, present, review_api, review_tab, storage  # noqa: E402
 from .events import bind, gradio_error  # noqa: E402
 from .present import Exports  # noqa: E402
-from .service import (DEMO_ARCH, SOURCES, TARGET_LABEL, AppConfig, UserError, arch_choices,  # noqa: E402
-                      build_sample, checkpoint_sources, class_names, default_arch, device_text, open_shard,
+from .service import (DEMO_ARCH, SOURCES, TARGET_LABEL, AppConfig, CamOptions, UserError,  # noqa: E402
+                      arch_choices, build_sample, checkpoint_sources, class_names, default_arch, device_text, open_shard,
                       pair_available, run_comparison, shard_choices)
 
 CSS = """
@@ -35,6 +35,7 @@ CSS = """
 .colorbar {display: flex; align-items: center; gap: 8px; font-size: 0.85em; max-width: 640px; margin: 2px auto}
 .colorbar-ramp {flex: 1; height: 12px; border-radius: 2px; border: 1px solid #0002}
 .colorbar em {white-space: nowrap; opacity: 0.8}
+.method-title h4 {margin: 4px 0 0 0; text-align: center}
 #rv-existing {min-width: 0}
 #rv-existing input {text-overflow: ellipsis}
 """
@@ -100,14 +101,20 @@ class ApiCompareRequest:
     target: str
     threshold: float
     geometry: str
+    methods: str = ",".join(MAPS)
+    faithfulness: bool = False
+    layer: str = ""
 
 
 def api_compare(ctx: ApiContext, req: ApiCompareRequest, progress=None) -> tuple:
-    """Both models of `arch` on one input: the manifest (scores, top-5, provenance, notes), the human-map
-    and four CAM overlays (PNG), and the export bundle (zip)."""
+    """Both models of `arch` on one input: the manifest (scores of every method asked, faithfulness when asked,
+    top-5, provenance, notes), the human-map and the paper's four CAM overlays (PNG; empty for a method not
+    asked), and the export bundle (zip: every method's maps and the panel)."""
     prepared = build_sample(req.source, req.arch, req.shard, req.index, req.image, req.human_map, None, req.target,
                             ctx.cfg)
-    c = run_comparison(req.arch, prepared.sample, prepared.target, req.threshold, req.geometry, ctx.cfg, progress)
+    options = CamOptions.checked(req.methods, req.faithfulness, req.layer)
+    c = run_comparison(req.arch, prepared.sample, prepared.target, req.threshold, req.geometry, ctx.cfg, progress,
+                       options)
     for note in prepared.notes:
         gr.Warning(note)
     names = class_names(req.arch)
@@ -115,7 +122,7 @@ def api_compare(ctx: ApiContext, req: ApiCompareRequest, progress=None) -> tuple
     manifest = {**present.public_view(c).manifest(names), "arch": req.arch, "notes": list(prepared.notes)}
     folder = ctx.exports.new_folder()
     pngs = {k: render.write_png(pic, folder / f"{k}.png") for k, pic in overlays.items() if pic is not None}
-    return (manifest, pngs["human"] if c.human is not None else None, *[pngs[k] for k in API_PICTURES[1:]],
+    return (manifest, pngs["human"] if c.human is not None else None, *[pngs.get(k) for k in API_PICTURES[1:]],
             ctx.exports.write(c, names, 0.5, "jet", req.arch, folder))
 
 
@@ -143,7 +150,11 @@ def _api(ctx: ApiContext) -> None:
                   gr.File(label="image", type="filepath"), gr.File(label="human_map", type="filepath"),
                   gr.Textbox(TARGET_LABEL, label="target", info="'label', 'pred', a class index or name"),
                   gr.Number(DEFAULT_THRESHOLD, label="threshold"),
-                  gr.Radio(list(geometry.GEOMETRIES), value="paper", label="geometry")]
+                  gr.Radio(list(geometry.GEOMETRIES), value="paper", label="geometry"),
+                  gr.Textbox(",".join(MAPS), label="methods",
+                             info=f"comma-separated, or 'all': {', '.join(methods.NAMES)}"),
+                  gr.Checkbox(False, label="faithfulness", info="deletion, insertion and ROAD of every map (costly)"),
+                  gr.Textbox("", label="layer", info="the CAM layer; empty: the study's layer of each model")]
         outputs = [gr.JSON(label="manifest"), *[gr.Image(label=n, format="png") for n in
                                                 ["human", "baseline_gradcam", "baseline_threshold_gradcam",
                                                  "dcls_gradcam", "dcls_threshold_gradcam"]], gr.File(label="bundle")]

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 from .. import labels, limits, metrics, render
-from ..compare import MAP_TITLES, MAPS, Comparison
+from ..compare import MAP_TITLES, Comparison
 from ..render import public_name
 from ..results import Provenance
 from . import storage
@@ -54,7 +54,7 @@ def overlays(comparison: Comparison, alpha: float, cmap: str) -> dict:
     img = comparison.frame_image()
     out = {"human": render.overlay(img, comparison.human, alpha, cmap) if comparison.human is not None else img}
     for v, o in comparison.outputs.items():
-        for m in MAPS:
+        for m in comparison.methods:
             out[f"{v}_{m}"] = render.overlay(img, o.maps[m], alpha, cmap)
     return out
 
@@ -64,6 +64,7 @@ def _fmt(value: Optional[float], signed: bool = True) -> str:
 
 
 SCORE_HEADERS = ["model", "map", "ρ", "Δρ", "ρ / ceiling", "Dice", "IoU"]
+FAITHFULNESS_HEADERS = ["deletion ↓", "insertion ↑", "ROAD ↑"]
 
 CEILING_NOTE = (
     f"**ρ**: Spearman's rank correlation of the map with the human map. **ρ / ceiling**: ρ divided by "
@@ -72,7 +73,9 @@ CEILING_NOTE = (
     "better than half of the people do, and the demo shard's synthetic human maps are far cleaner than real "
     "clicks (values of 1.1–1.4 are usual there). **Δρ**: DCLS − baseline, shown only when both models explain "
     "the same class. **Dice, IoU**: overlap of the top-{top:.0%} pixels of the map and the human map; "
-    "\"—\" where ρ is undefined.")
+    "\"—\" where ρ is undefined. **Deletion, insertion, ROAD** (when *faithfulness* is on): how much the "
+    "model's probability for the class depends on the pixels the map ranks first (deletion AUC: lower is more "
+    "faithful; insertion AUC and ROAD: higher is); they need no human map.")
 
 
 def ceiling_note() -> str:
@@ -86,17 +89,28 @@ def same_target(comparison: Comparison) -> bool:
 
 
 def score_rows(comparison: Comparison) -> list[list[str]]:
-    """The score table: per model and map, ρ, Δρ (DCLS rows, same target only), ρ / ceiling, Dice, IoU."""
+    """The score table: per model and map, ρ, Δρ (DCLS rows, same target only), ρ / ceiling, Dice, IoU, and
+    deletion, insertion and ROAD when the comparison measured them."""
     rows = []
     for v, o in comparison.outputs.items():
-        for m in MAPS:
+        for m in comparison.methods:
             sc = o.scores[m]
             defined = sc.spearman is not None
             delta = "" if v != "dcls" else (_fmt(comparison.delta(m)) if same_target(comparison)
                                             else "— (different classes)")
-            rows.append([VARIANT_TITLES[v], MAP_TITLES[m], _fmt(sc.spearman), delta, _fmt(sc.ceiling),
-                         _fmt(sc.dice if defined else None, False), _fmt(sc.iou if defined else None, False)])
+            row = [VARIANT_TITLES[v], MAP_TITLES[m], _fmt(sc.spearman), delta, _fmt(sc.ceiling),
+                   _fmt(sc.dice if defined else None, False), _fmt(sc.iou if defined else None, False)]
+            if o.faithfulness:
+                f = o.faithfulness[m]
+                row += [_fmt(f.deletion, False), _fmt(f.insertion, False), _fmt(f.road)]
+            rows.append(row)
     return rows
+
+
+def score_table(comparison: Comparison) -> dict:
+    """The score table as a Dataframe value: its headers (the faithfulness columns when measured) and rows."""
+    measured = any(o.faithfulness for o in comparison.outputs.values())
+    return {"headers": SCORE_HEADERS + (FAITHFULNESS_HEADERS if measured else []), "data": score_rows(comparison)}
 
 
 TOP5_HEADERS = ["#", "Baseline", "p", "DCLS", "p "]

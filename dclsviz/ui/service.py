@@ -17,8 +17,9 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .. import checkpoints, clickme, geometry, images, labels, limits, models, render, runtime, zoo
-from ..compare import Comparison, Sample, compare
+from .. import checkpoints, clickme, geometry, images, labels, limits, methods, models, render, runtime, zoo
+from ..cam import LayerError
+from ..compare import MAPS, Comparison, Sample, compare
 from ..download import cache_root
 from . import storage
 
@@ -569,20 +570,61 @@ def check_settings(threshold, geometry_name: str) -> float:
         raise UserError(f"threshold must lie in [0, 1] (a finite number), not {str(threshold)[:40]!r}") from None
 
 
+@dataclass(frozen=True)
+class CamOptions:
+    """What a comparison computes beyond the pair and the input: the attribution methods (the paper's two by
+    default), faithfulness (deletion, insertion, ROAD: costly) and the CAM layer (None: the study's)."""
+
+    methods: tuple[str, ...] = MAPS
+    faithfulness: bool = False
+    layer: Optional[str] = None
+
+    @classmethod
+    def checked(cls, chosen, faithfulness=False, layer=None) -> "CamOptions":
+        """Options from widget or API values: ``chosen`` a list of method names or a comma-separated string
+        (None: the paper's two; empty: an error), ``layer`` a module name ("" or None: the study's layer)."""
+        if chosen is not None and not (chosen.strip() if isinstance(chosen, str) else list(chosen)):
+            raise UserError(f"choose at least one method: {', '.join(methods.NAMES)}")
+        if isinstance(chosen, str):
+            chosen = limits.text(chosen, "methods", MAX_METHODS_CHARS)
+        try:
+            names = methods.parse(chosen)
+        except ValueError as e:
+            raise UserError(f"methods: {e}") from None
+        layer = limits.text(layer, "layer", limits.MAX_NAME_CHARS) if layer is not None else ""
+        return cls(names, bool(faithfulness), layer or None)
+
+
+MAX_METHODS_CHARS = 400
+# faithfulness runs 2 × steps perturbed copies and ROAD's through each model, per map
+FAITHFULNESS_GPU_FACTOR = 4
+
+
+def compare_gpu_seconds(*args, **kwargs) -> int:
+    """The GPU time one comparison asks for: more when it measures faithfulness."""
+    options = kwargs.get("options") or next((a for a in args if isinstance(a, CamOptions)), CamOptions())
+    return COMPARE_GPU_SECONDS * (FAITHFULNESS_GPU_FACTOR if options.faithfulness else 1)
+
+
 def run_comparison(arch: str, sample: Sample, target, threshold: float, geometry_name: str, cfg: AppConfig,
-                   progress: Optional[Progress] = None) -> Comparison:
+                   progress: Optional[Progress] = None, options: CamOptions = CamOptions()) -> Comparison:
     """Both models of ``arch`` on ``sample``: settings checked and the pair loaded here, the CAMs on the GPU."""
     threshold = check_settings(threshold, geometry_name)
-    return _compare_on_gpu(arch, sample, target, threshold, geometry_name, cfg, progress)
+    return _compare_on_gpu(arch, sample, target, threshold, geometry_name, cfg, progress, options)
 
 
-@on_gpu(COMPARE_GPU_SECONDS, pairs=lambda arch, *args, **kwargs: [arch])
+@on_gpu(compare_gpu_seconds, pairs=lambda arch, *args, **kwargs: [arch])
 def _compare_on_gpu(arch: str, sample: Sample, target, threshold: float, geometry_name: str, cfg: AppConfig,
-                    progress: Optional[Progress] = None) -> Comparison:
+                    progress: Optional[Progress] = None, options: CamOptions = CamOptions()) -> Comparison:
     pair = load_pair(arch, cfg)  # loaded before the GPU was asked for: the LRU's
     if progress is not None:
-        progress(0.8, desc="Grad-CAM and Threshold-Grad-CAM of both models")
-    return compare(pair, sample, target, threshold, geometry_name)
+        asked = ", ".join(methods.TITLES[m] for m in options.methods)
+        progress(0.8, desc=f"{asked} of both models" + (" with faithfulness" if options.faithfulness else ""))
+    try:
+        return compare(pair, sample, target, threshold, geometry_name, methods=options.methods,
+                       faithfulness=options.faithfulness, layer=options.layer)
+    except LayerError as e:  # a user's layer name: said as it is, also from ZeroGPU's worker
+        raise UserError(f"layer: {e}") from None
 
 
 def build_sample(source: str, arch: str, shard, index, image_file, human_file, painted, target,
