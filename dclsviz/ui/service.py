@@ -18,6 +18,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from .. import checkpoints, clickme, geometry, images, labels, limits, models, render, runtime, zoo
+from .. import methods
 from ..compare import Comparison, Sample, compare
 from ..download import cache_root
 from . import storage
@@ -599,3 +600,17 @@ def build_sample(source: str, arch: str, shard, index, image_file, human_file, p
                  "ground truth",)
         target = TARGET_PRED
     return Prepared(sample, target, notes, "ClickMe" if sample.human is not None else None)
+
+
+def method_names(spec) -> tuple[str, ...]:
+    """Attribution methods from a tab's multi-select (a list) or an API call (comma-separated text, '' or None
+    for the paper's two, as before methods could be chosen), in registry order; a UserError names the known ones.
+    """
+    if spec is None or (isinstance(spec, str) and not spec.strip()):
+        return methods.PAPER
+    if isinstance(spec, str):
+        spec = limits.text(spec, "methods", limits.MAX_NAME_CHARS * len(methods.NAMES))
+    try:
+        return methods.parse(spec)
+    except ValueError as e:
+        raise UserError(str(e)) from None
