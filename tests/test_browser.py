@@ -217,7 +217,7 @@ def test_review_session_blind_verdicts_and_reveal(page, browser, app_server):
     for side in ("A", "B"):  # a session shows the paper's two maps by default, each panel titled by its method
         for k in (1, 2):
             page.wait_for_selector(f"#rv-{side}-{k} img")
-    assert page.locator(".map-title").filter(has_text="A: Threshold-Grad-CAM").count() == 1
+    assert page.locator(".map-title").filter(has_text="A: Threshold-Grad-CAM").first.is_visible()
     page.wait_for_selector("#rv-human img")
     # blind: no model name and no score anywhere on the review panel
     panel = page.locator("#rv-progress").inner_text()
