@@ -31,9 +31,11 @@ def table1(models: dict, archs: Sequence[str]) -> str:
 
 
 def scatter(models: dict, path: Path, title: str) -> bool:
-    """The paper's Figure 2: baseline score (x) against DCLS score (y), one labelled point per model and CAM."""
+    """The paper's Figure 2: baseline score (x) against DCLS score (y), one labelled point per model and CAM, for
+    those of the paper's two maps the run scored (a run of other methods may have neither)."""
     points = [(a, m, models[a]["baseline"][m]["ceiling_normalised"], models[a]["dcls"][m]["ceiling_normalised"])
-              for a in models if {"baseline", "dcls"} <= models[a].keys() for m in MAPS]
+              for a in models if {"baseline", "dcls"} <= models[a].keys() for m in MAPS
+              if m in models[a]["baseline"] and m in models[a]["dcls"]]
     points = [p for p in points if p[2] is not None and p[3] is not None]
     if not points:
         return False
@@ -63,7 +65,8 @@ def scatter(models: dict, path: Path, title: str) -> bool:
     ax.set_xlabel("baseline alignment (ceiling-normalised Spearman)")
     ax.set_ylabel("DCLS alignment (ceiling-normalised Spearman)")
     ax.set_title(title, fontsize=9)
-    ax.legend(handles=[Line2D([], [], marker=markers[m], ls="", color="0.3", label=MAP_TITLES[m]) for m in MAPS]
+    drawn = [m for m in MAPS if any(p[1] == m for p in points)]
+    ax.legend(handles=[Line2D([], [], marker=markers[m], ls="", color="0.3", label=MAP_TITLES[m]) for m in drawn]
               + [Line2D([], [], color="0.5", ls="--", label="y = x")], loc="lower right", fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()

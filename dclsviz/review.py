@@ -14,7 +14,9 @@ without a code, as reviewer ``hf:<username>``.
 A session is a fixed sequence of items (ClickMe records or photos). Which model is "A" for each item is
 drawn from the session's seed (secret and random unless the organiser gives one) when it is created and stored
 with the item, so the reveal maps verdicts back to models without re-deriving anything. The models' scores
-are stored when an item is first shown, as ``compare`` computed them for the maps the reviewer saw.
+are stored when an item is first shown, as ``compare`` computed them for the maps the reviewer saw. Those maps
+come from the session's methods (one or two of ``methods.REGISTRY``, chosen at creation; the paper's two by
+default and for every session made before sessions had methods).
 
 Typical use::
 
@@ -44,7 +46,7 @@ from typing import Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from . import clickme, images, limits, stats, zoo
+from . import clickme, images, limits, methods as methods_, stats, zoo
 from .cam import DEFAULT_THRESHOLD
 from .compare import MAPS, Comparison, ModelOutput, Sample, compare
 from .download import cache_root
@@ -58,7 +60,10 @@ TARGETS = ("label", "pred")
 KINDS = ("clickme", "photo")
 HUMAN_SUFFIX = ".human.png"
 PHOTO_TYPES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+# A reviewer compares at most two maps per model: the panel has two columns per side, and /review_next returns
+# two maps per side, as it did when every session showed the paper's two.
+MAX_METHODS = 2
 PHOTO_FOLDER = "review_photos"
 # A token says what it is before any lookup, so a pasted secret in the wrong box gets a precise message.
 TOKEN_PREFIX = {"organiser": "rvo_", "invite": "rvi_", "reviewer": "rvr_"}
@@ -67,6 +72,8 @@ HF_PREFIX = "hf:"
 
 PathLike = Union[str, os.PathLike]
 
+# sessions from before methods existed showed the paper's two: the default of their ``methods`` column
+_PAPER_METHODS = json.dumps(list(MAPS))
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
     id TEXT PRIMARY KEY,
@@ -77,7 +84,8 @@ CREATE TABLE IF NOT EXISTS sessions (
     threshold REAL NOT NULL,
     target TEXT NOT NULL,
     created_at REAL NOT NULL,
-    hf_users TEXT NOT NULL DEFAULT '[]'
+    hf_users TEXT NOT NULL DEFAULT '[]',
+    methods TEXT NOT NULL DEFAULT '@PAPER@'
 );
 CREATE TABLE IF NOT EXISTS tokens (
     digest TEXT PRIMARY KEY,
@@ -119,7 +127,7 @@ CREATE TABLE IF NOT EXISTS verdicts (
     FOREIGN KEY (session, reviewer) REFERENCES reviewers(session, id) ON DELETE CASCADE
 );
 CREATE INDEX IF NOT EXISTS tokens_by_session ON tokens(session);
-"""
+""".replace("@PAPER@", _PAPER_METHODS)
 
 
 class AccessDenied(Exception):
@@ -159,6 +167,8 @@ def _prepare(con: sqlite3.Connection, path: Path) -> None:
     found = con.execute("PRAGMA user_version").fetchone()[0]
     if found == 1:
         _migrate_v1(con)
+    elif found == 2:
+        _migrate_v2(con)
     elif found not in (0, SCHEMA_VERSION):
         raise ValueError(f"{path} is a review database of schema {found}, this version reads {SCHEMA_VERSION}")
     con.executescript(_SCHEMA)
@@ -230,6 +240,16 @@ def _migrate_v1(con: sqlite3.Connection) -> None:
                             "NULL", (sid, rid, old["name"]))
         con.execute("DROP TABLE items_v1")
         con.execute("DROP TABLE sessions_v1")
+        con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _migrate_v2(con: sqlite3.Connection) -> None:
+    """Schema 2 to 3: sessions record the methods their maps come from; every older session showed the paper's
+    two, which the column's default says."""
+    with _write(con):
+        if con.execute("PRAGMA user_version").fetchone()[0] != 2:
+            return  # another process migrated the file while this one waited for the write lock
+        con.execute(f"ALTER TABLE sessions ADD COLUMN methods TEXT NOT NULL DEFAULT '{_PAPER_METHODS}'")
         con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
@@ -403,7 +423,7 @@ def create_session_from(name: str, make_sources, *, labels_fit=lambda sources: T
     """A new session whose items ``make_sources(folder)`` makes, ``folder`` being the session's own photo
     folder; if anything fails the folder goes with it. Each item's label is explained when
     ``labels_fit(sources)`` (the records' labels are classes of the model), else the model's prediction.
-    ``settings``: ``create_session``'s keywords (arch, seed, geometry, threshold, hf_users)."""
+    ``settings``: ``create_session``'s keywords (arch, seed, geometry, threshold, hf_users, methods)."""
     sid = new_session_id()
     folder = photo_dir(sid, db)
     try:
@@ -434,6 +454,7 @@ class SessionInfo:
     n_items: int
     n_reviewers: int
     n_verdicts: int
+    methods: tuple = MAPS  # the maps each model shows, in panel order
 
 
 @dataclass(frozen=True)
@@ -516,7 +537,7 @@ def _session_info(con: sqlite3.Connection, session: str) -> SessionInfo:
         raise AccessDenied(DENIED)
     return SessionInfo(row["id"], row["name"], row["arch"], row["seed"], row["geometry"], row["threshold"],
                        row["target"], row["created_at"], tuple(json.loads(row["hf_users"])), row["n_items"],
-                       row["n_reviewers"], row["n_verdicts"])
+                       row["n_reviewers"], row["n_verdicts"], tuple(json.loads(row["methods"])))
 
 
 def _hf_users(users) -> list[str]:
@@ -546,14 +567,26 @@ def _check_new_session(name, sources, arch, geometry, target) -> str:
     return name
 
 
+def session_methods(spec) -> tuple[str, ...]:
+    """A session's methods from names or a comma-separated list (``methods.parse``; None: the paper's two), at
+    most ``MAX_METHODS``; ValueError says what is wrong."""
+    chosen = methods_.parse(spec)
+    if len(chosen) > MAX_METHODS:
+        raise ValueError(f"a review session shows at most {MAX_METHODS} methods per model, not {len(chosen)} "
+                         f"({', '.join(chosen)})")
+    return chosen
+
+
 def create_session(name: str, sources: Sequence[Source], *, arch: str = "demo", seed=None, geometry: str = "paper",
                    threshold: float = DEFAULT_THRESHOLD, target: str = "label", hf_users: Iterable[str] = (),
-                   session_id: Optional[str] = None, db: Optional[PathLike] = None) -> Created:
+                   session_id: Optional[str] = None, methods=None, db: Optional[PathLike] = None) -> Created:
     """A new session over ``sources`` in that order, each item's "A" model drawn from ``seed`` (None: a secret
     ``secrets.randbits(63)``); returns it with its organiser token and invite code. ``hf_users``: Hugging Face
     usernames who may join without the code. ``session_id``: one from ``new_session_id`` (the caller may need
-    the photo folder before the session exists)."""
+    the photo folder before the session exists). ``methods``: the maps each model shows (``session_methods``;
+    None: the paper's two)."""
     name = _check_new_session(name, sources, arch, geometry, target)
+    chosen = session_methods(methods)
     seed = limits.optional_seed(seed)
     seed = secrets.randbits(63) if seed is None else seed
     allowed = _hf_users(hf_users)
@@ -565,8 +598,10 @@ def create_session(name: str, sources: Sequence[Source], *, arch: str = "demo", 
             for k, (s, a) in enumerate(zip(sources, dcls_first))]
     with _connect(db) as con:
         with _write(con):
-            con.execute("INSERT INTO sessions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (sid, name, arch, seed, geometry, float(threshold), target, time.time(), json.dumps(allowed)))
+            con.execute("INSERT INTO sessions (id, name, arch, seed, geometry, threshold, target, created_at, "
+                        "hf_users, methods) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (sid, name, arch, seed, geometry, float(threshold), target, time.time(), json.dumps(allowed),
+                         json.dumps(list(chosen))))
             con.executemany("INSERT INTO items (session, position, kind, ref, human, a_variant, b_variant) "
                             "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
             organiser, invite = _issue(con, sid, "organiser"), _issue(con, sid, "invite")
@@ -739,7 +774,7 @@ def show(session: str, reviewer: str, position=None, *, pair=None, device=None,
     if set(pair) != set(zoo.VARIANTS) or set(ids.values()) != {info.arch}:
         raise ValueError(f"this session compares {info.arch}'s {' and '.join(zoo.VARIANTS)}; "
                          f"got {sorted(f'{a}.{v}' for v, a in ids.items())}")
-    comp = compare(pair, it.source.sample(), info.target, info.threshold, info.geometry)
+    comp = compare(pair, it.source.sample(), info.target, info.threshold, info.geometry, methods=info.methods)
     scores = {v: {m: s.as_dict() for m, s in o.scores.items()} for v, o in comp.outputs.items()}
     scores["checkpoints"] = {v: o.provenance.checkpoint_sha256 for v, o in comp.outputs.items()}
     scores["targets"] = {v: o.target for v, o in comp.outputs.items()}
@@ -810,9 +845,9 @@ def progress(session: str, reviewer: Optional[str] = None, db: Optional[PathLike
             "next_position": left[0] if left else None}
 
 
-def _summary(judged: Sequence[Verdict]) -> dict:
+def _summary(judged: Sequence[Verdict], methods: Sequence[str]) -> dict:
     """How often DCLS was preferred (with a 95 % Wilson interval and a two-sided binomial p) and how often the
-    chosen model had the higher ρ, per map."""
+    chosen model had the higher ρ, per map of the session's ``methods``."""
     base, dcls = zoo.VARIANTS
     counts = dict.fromkeys(VERDICTS, 0)
     for v in judged:
@@ -820,7 +855,7 @@ def _summary(judged: Sequence[Verdict]) -> dict:
     ab = [v for v in judged if v.verdict in ("A", "B")]
     k_dcls = sum(v.preferred == dcls for v in ab)
     agreement = {}
-    for m in MAPS:
+    for m in methods:
         agreed = compared = 0
         for v in ab:
             chosen = v.preferred
@@ -877,18 +912,22 @@ def reveal(session: str, reviewer: Optional[str] = None, db: Optional[PathLike] 
         left = info.n_items - len(judged)
         if left:
             raise AccessDenied(f"the reveal opens once you have judged every item: {left} of {info.n_items} left")
-        return {"session": session, "name": info.name, "reviewer": reviewer, **_summary(judged)}
+        return {"session": session, "name": info.name, "reviewer": reviewer, "methods": list(info.methods),
+                **_summary(judged, info.methods)}
     names = reviewers(session, db)
-    per = [{"reviewer": rid, "name": nm, **_summary([v for v in judged if v.reviewer == rid])}
+    per = [{"reviewer": rid, "name": nm, **_summary([v for v in judged if v.reviewer == rid], info.methods)}
            for rid, nm in names.items()]
     return {"session": session, "name": info.name, "n_items": info.n_items, "n_reviewers": len(names),
-            **_summary(judged), "reviewers": per, "inter_rater": inter_rater(judged)}
+            "methods": list(info.methods), **_summary(judged, info.methods), "reviewers": per,
+            "inter_rater": inter_rater(judged)}
 
 
-EXPORT_COLUMNS = ("session", "name", "reviewer", "reviewer_name", "position", "kind", "ref", "human", "label",
-                  "a_variant", "b_variant", "verdict", "preferred", "note", "shown_at", "decided_at",
-                  *(f"spearman_{side}_{m}" for side in ("A", "B") for m in MAPS),
-                  *(f"spearman_{v}_{m}" for v in zoo.VARIANTS for m in MAPS))
+def export_columns(methods: Sequence[str] = MAPS) -> tuple[str, ...]:
+    """The export's columns for a session of ``methods``: each score column names its method."""
+    return ("session", "name", "reviewer", "reviewer_name", "position", "kind", "ref", "human", "label",
+            "a_variant", "b_variant", "verdict", "preferred", "note", "shown_at", "decided_at",
+            *(f"spearman_{side}_{m}" for side in ("A", "B") for m in methods),
+            *(f"spearman_{v}_{m}" for v in zoo.VARIANTS for m in methods))
 
 
 def _export_row(v: Verdict, info: SessionInfo, names: dict) -> dict:
@@ -898,7 +937,7 @@ def _export_row(v: Verdict, info: SessionInfo, names: dict) -> dict:
            "human": it.source.public_human, "label": it.label, "a_variant": it.a_variant, "b_variant": it.b_variant,
            "verdict": v.verdict, "preferred": v.preferred, "note": v.note, "shown_at": it.shown_at,
            "decided_at": v.decided_at}
-    for m in MAPS:
+    for m in info.methods:
         for side in ("A", "B"):
             row[f"spearman_{side}_{m}"] = it.spearman(it.variant_for(side), m)
         for var in zoo.VARIANTS:
@@ -915,11 +954,12 @@ def export_csv(session: str, path: PathLike, reviewer: Optional[str] = None,
     rows = [_export_row(v, info, names) for v in verdicts(session, reviewer, db)]
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, EXPORT_COLUMNS, lineterminator="\n")
+        columns = export_columns(info.methods)
+        w = csv.DictWriter(f, columns, lineterminator="\n")
         w.writeheader()
         for r in rows:
             w.writerow({k: "" if r[k] is None else (repr(r[k]) if isinstance(r[k], float) else r[k])
-                        for k in EXPORT_COLUMNS})
+                        for k in columns})
     return path
 
 
@@ -929,7 +969,8 @@ def export_csv(session: str, path: PathLike, reviewer: Optional[str] = None,
 def _cmd_list(args) -> int:
     for s in sessions(args.db):
         allowed = f" · hf: {', '.join(s.hf_users)}" if s.hf_users else ""
-        print(f"{s.id}  {s.name!r} · {s.arch} · {s.n_items} items · {s.n_reviewers} reviewers · "
+        print(f"{s.id}  {s.name!r} · {s.arch} · {', '.join(s.methods)} · {s.n_items} items · "
+              f"{s.n_reviewers} reviewers · "
               f"{s.n_verdicts} verdicts · created {time.strftime('%Y-%m-%d %H:%M', time.gmtime(s.created_at))} "
               f"UTC{allowed}")
     return 0

@@ -254,18 +254,19 @@ def test_review_session_blind_verdicts_and_reveal(page, browser, app_server):
     invite = page.locator("#rv-invite textarea, #rv-invite input").first.input_value()
     assert invite.startswith("rvi_")
     assert page.locator("#rv-invite button[aria-label*=opy], #rv-invite button[title*=opy]").count() >= 1
-    for side in ("A", "B"):
-        for m in MAPS:
-            page.wait_for_selector(f"#rv-{side}-{m} img")
+    for side in ("A", "B"):  # a session shows the paper's two maps by default, each panel titled by its method
+        for k in (1, 2):
+            page.wait_for_selector(f"#rv-{side}-{k} img")
+    assert page.locator(".map-title").filter(has_text="A: Threshold-Grad-CAM").first.is_visible()
     page.wait_for_selector("#rv-human img")
     # blind: no model name and no score anywhere on the review panel
     panel = page.locator("#rv-progress").inner_text()
     assert "DCLS" not in panel and "ρ" not in panel
-    first = page.locator("#rv-A-gradcam img").get_attribute("src")
+    first = page.locator("#rv-A-1 img").get_attribute("src")
     page.locator("#rv-note textarea, #rv-note input").first.fill("A follows the outline")
     page.locator("#rv-A").click()
     page.wait_for_function("() => /item 2 of 20 · 1 judged/.test(document.querySelector('#rv-progress').innerText)")
-    assert page.locator("#rv-A-gradcam img").get_attribute("src") != first
+    assert page.locator("#rv-A-1 img").get_attribute("src") != first
     assert page.locator("#rv-note textarea, #rv-note input").first.input_value() == ""
     page.locator("#rv-tie").click()
     page.wait_for_function("() => /item 3 of 20 · 2 judged/.test(document.querySelector('#rv-progress').innerText)")

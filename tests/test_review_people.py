@@ -1,6 +1,7 @@
 """Review sessions that belong to people, on a real SQLite file: secrets, several reviewers, Fleiss' kappa, the
-sides' secret seed, limits, deleting with the photos, Hugging Face sign-in, and a schema-1 file migrated and
-opened again through the host's CLI."""
+sides' secret seed, limits, deleting with the photos, Hugging Face sign-in, a schema-1 file migrated and
+opened again through the host's CLI, a schema-2 file (sessions without methods) opened with the paper's two, and
+sessions on other methods."""
 
 from __future__ import annotations
 
@@ -254,3 +255,80 @@ def test_a_schema_1_file_migrates_and_the_host_issues_new_secrets(db):
     assert org.session in again
     with pytest.raises(review.AccessDenied):
         review.authorize(secrets_["organiser token"].strip(), db=db)
+
+
+# The columns of the sessions table of the release before sessions had methods (user_version 2).
+V2_SESSION_COLUMNS = ["id", "name", "arch", "seed", "geometry", "threshold", "target", "created_at", "hf_users"]
+PAPER = ("gradcam", "threshold_gradcam")
+
+
+def _v2_file(path):
+    """A schema-2 file as that release wrote it: one session, a reviewer who judged item 0 of 2, an organiser
+    token ``rvo_known``."""
+    ref = review.demo_items(0, 1)[0].ref.rsplit(":", 1)[0]
+    scores = json.dumps({v: {m: {"spearman": s, "ceiling": s, "dice": 0.1, "iou": 0.1} for m in PAPER}
+                         for v, s in ((BASE, 0.2), (DCLS, 0.4))})
+    con = sqlite3.connect(path)
+    # schema 2 is schema 3 without the sessions' methods column
+    con.executescript(review._SCHEMA + "ALTER TABLE sessions DROP COLUMN methods;")
+    assert [r[1] for r in con.execute("PRAGMA table_info(sessions)")] == V2_SESSION_COLUMNS
+    con.execute("PRAGMA user_version = 2")
+    con.execute("INSERT INTO sessions VALUES ('s00000000000000aa', 'old', 'demo', 5, 'paper', 0.3, 'label', 100.0, "
+                "'[]')")
+    con.execute("INSERT INTO tokens VALUES (?, 's00000000000000aa', 'organiser', NULL, 100.0)",
+                (hashlib.sha256(b"rvo_known").hexdigest(),))
+    con.execute("INSERT INTO reviewers VALUES ('s00000000000000aa', 'r1', 'bob', 101.0)")
+    con.execute("INSERT INTO items VALUES ('s00000000000000aa', 0, 'clickme', ?, NULL, ?, ?, 3, ?, 102.0)",
+                (f"{ref}:0", DCLS, BASE, scores))
+    con.execute("INSERT INTO items VALUES ('s00000000000000aa', 1, 'clickme', ?, NULL, ?, ?, NULL, NULL, NULL)",
+                (f"{ref}:1", BASE, DCLS))
+    con.execute("INSERT INTO verdicts VALUES ('s00000000000000aa', 0, 'r1', 'A', 'old note', 103.0)")
+    con.commit()
+    con.close()
+
+
+def test_a_schema_2_file_opens_with_the_paper_maps(db, cfg, pair, tmp_path):
+    db.parent.mkdir(parents=True)
+    _v2_file(db)
+    sid = review.authorize("rvo_known", ("organiser",), db).session
+    info = review.get_session(sid, db)
+    assert (info.name, info.methods) == ("old", PAPER)
+    with sqlite3.connect(db) as con:
+        assert con.execute("PRAGMA user_version").fetchone()[0] == review.SCHEMA_VERSION == 3
+    r = review.reveal(sid, db=db)
+    assert r["methods"] == list(PAPER) and r["dcls_preferred"] == 1
+    assert r["agreement"] == {m: {"n": 1, "agreed": 1, "rate": 1.0, "left_out": 0} for m in PAPER}
+    path = review.export_csv(sid, tmp_path / "old.csv", db=db)
+    header = path.read_text().splitlines()[0].split(",")
+    assert header[-8:] == [f"spearman_{side}_{m}" for side in ("A", "B", BASE, DCLS) for m in PAPER]
+    shown = review.show(sid, "r1", pair=pair, db=db)  # the item left: both models, the paper's two maps
+    assert shown.item.position == 1 and shown.comparison.methods == PAPER
+    assert set(review.item(sid, 1, db).scores[BASE]) == set(PAPER)
+    assert review_tab.listing("rvo_known", cfg)[0]["methods"] == list(PAPER)
+    assert "gradcam, threshold_gradcam" in _cli("list", "--db", str(db))
+
+
+def test_a_session_on_one_method_shows_and_exports_that_method(db, cfg, pair, tmp_path):
+    from dclsviz.compare import Sample, compare
+
+    with pytest.raises(service.UserError, match="unknown method"):
+        review_tab.create("x", "shard", "", 0, 2, None, "demo", "", "paper", 0.3, cfg, "", ["gradcam", "nope"])
+    with pytest.raises(service.UserError, match="at most 2 methods"):
+        review_tab.create("x", "shard", "", 0, 2, None, "demo", "", "paper", 0.3, cfg, "", "all")
+    made = review_tab.create("lc", "shard", "", 0, 2, None, "demo", "", "paper", 0.3, cfg, "", ["layercam"])
+    me = review.join(made.invite_code, "me", db=db)[0]
+    shown = review.show(me.session, me.reviewer, pair=pair, db=db)
+    assert shown.comparison.methods == ("layercam",)
+    mine = compare(pair, shown.item.source.sample(), methods=("layercam",))
+    for v in zoo.VARIANTS:
+        assert np.array_equal(shown.comparison.outputs[v].maps["layercam"], mine.outputs[v].maps["layercam"])
+    # the panels: the first per side titled LayerCAM, the second hidden
+    values = review_tab._panels(shown)
+    panels, titles = values[2:6], values[6:10]
+    assert [p["visible"] for p in panels] == [True, False, True, False]
+    assert titles[0]["value"] == "**A: LayerCAM**" and titles[2]["value"] == "**B: LayerCAM**"
+    assert not titles[1]["visible"] and panels[1]["value"] is None
+    review.record_verdict(me.session, me.reviewer, 0, "B", db=db)
+    path = review.export_csv(me.session, tmp_path / "lc.csv", db=db)
+    header = path.read_text().splitlines()[0].split(",")
+    assert header == list(review.export_columns(("layercam",))) and "spearman_B_layercam" in header

@@ -1,10 +1,13 @@
 """The Dataset tab and its ``/evaluate`` endpoint: a bounded ``evaluate`` run of one or more pairs over a
-listed shard, then the study's summary table, the paired statistics, Figure 2 and the per-image rows.
+listed shard with the chosen attribution methods (and, when asked, their faithfulness), then the study's
+summary table, the per-method table (mean ρ per model, paired Δρ statistics, faithfulness), Figure 2, the
+robustness figure, plausibility against faithfulness, and the per-image rows.
 
 The work is ``evaluate.evaluate``, ``build_summary`` and ``write_summary``, as for ``python -m dclsviz
 evaluate``; this module picks the run folders, reports progress and lays out what those wrote. A pair's run
-folder is keyed by the pair, shard, geometry, threshold and checkpoint hashes, so asking again (or after a
-restart, or with other pairs beside it) reuses the rows already computed and only scores what is missing.
+folder is keyed by the pair, shard, geometry, threshold, checkpoint hashes and what is scored (methods,
+faithfulness), so asking again (or after a restart, or with other pairs beside it) reuses the rows already
+computed and only scores what is missing.
 """
 
 from __future__ import annotations
@@ -21,31 +24,65 @@ from typing import Any, Optional
 
 import gradio as gr
 
-from .. import evaluate, geometry, labels, limits, metrics, zoo
+from .. import evaluate, geometry, labels, limits, methods, metrics, zoo
 from ..cam import DEFAULT_THRESHOLD
 from ..compare import MAP_TITLES, MAPS
+from ..faithfulness import Faithfulness
 from . import storage
 from .events import bind, gradio_error, titled_image
 from .present import Exports
-from .service import (AppConfig, CheckpointProblem, UserError, VARIANT_TITLES, arch_choices, check_settings,
-                      class_names, dataset_gpu_seconds, default_arch, load_pair, on_gpu, open_shard, resolve_shard,
-                      shard_choices, shard_label_space_matches)
+from .service import (AppConfig, CheckpointProblem, MAX_GPU_SECONDS, UserError, VARIANT_TITLES, arch_choices,
+                      check_settings, class_names, dataset_gpu_seconds, default_arch, load_pair, method_names, on_gpu,
+                      open_shard, resolve_shard, shard_choices, shard_label_space_matches)
 
 MAX_IMAGES = limits.MAX_DATASET_IMAGES
 DEFAULT_IMAGES = 64
 BATCH = 16
 
-SUMMARY_HEADERS = ["pair", "model", "map", "mean ρ", "ρ / ceiling", "n", "ρ undefined", "Dice", "IoU", "top-1"]
-PAIRED_HEADERS = ["pair", "map", "mean Δρ", "95% CI", "Wilcoxon p", "n"]
-ROW_HEADERS = ["pair", "record", "label", "Baseline top-1", "DCLS top-1",
-               *(f"{VARIANT_TITLES[v]} ρ {MAP_TITLES[m]}" for m in MAPS for v in zoo.VARIANTS)]
+# Faithfulness runs, per map and record, 2·16 deletion and insertion forwards and 18 ROAD forwards (with
+# sparse solves on the CPU): about 16 times the forward and backward pass that scoring a record costs.
+FAITHFULNESS_COST = 16
 
-def run_folder(cfg: AppConfig, arch: str, shard: Path, geometry_name: str, threshold: float, pair) -> Path:
-    """Where this evaluation's rows live; other checkpoints or settings get another folder, never mixed rows."""
-    key = "|".join([arch, str(shard.resolve()), geometry_name, repr(float(threshold)),
-                    *(pair[v].provenance().checkpoint_sha256 or "" for v in zoo.VARIANTS)])
-    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+SUMMARY_HEADERS = ["pair", "model", "map", "mean ρ", "ρ / ceiling", "n", "ρ undefined", "Dice", "IoU", "top-1"]
+METHOD_HEADERS = ["pair", "method", "ρ baseline", "ρ DCLS", "mean Δρ", "95% CI", "Wilcoxon p", "n"]
+# deletion: lower is more faithful; insertion and ROAD: higher
+FAITHFUL_HEADERS = {"deletion": "deletion ↓ baseline / DCLS", "insertion": "insertion ↑ baseline / DCLS",
+                    "road": "ROAD ↑ baseline / DCLS"}
+ROW_HEADERS = ["pair", "record", "label", "Baseline top-1", "DCLS top-1"]
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """What a run scores for each map: its methods, and whether their faithfulness too (``evaluate``'s
+    ``methods`` and ``faithfulness``)."""
+
+    methods: tuple[str, ...] = MAPS
+    faithfulness: bool = False
+
+
+def run_folder(cfg: AppConfig, arch: str, shard: Path, geometry_name: str, threshold: float, pair,
+               scoring: Scoring = Scoring()) -> Path:
+    """Where this evaluation's rows live; other checkpoints or settings get another folder, never mixed rows.
+
+    A folder's CSV header fixes its methods and faithfulness (``evaluate.RunRecord`` refuses others), so they
+    are part of the key; the paper's two without faithfulness keep the key of the folders made before methods
+    could be chosen, whose rows are reused."""
+    parts = [arch, str(shard.resolve()), geometry_name, repr(float(threshold)),
+             *(pair[v].provenance().checkpoint_sha256 or "" for v in zoo.VARIANTS)]
+    if scoring != Scoring():
+        parts.append(f"methods={','.join(scoring.methods)};faithfulness={scoring.faithfulness}")
+    digest = hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
     return cfg.evaluation_dir / f"{arch}_{shard.stem}_{geometry_name}_{digest}"
+
+
+def gpu_seconds(archs, n_images, chosen_methods=None, faithfulness=False) -> int:
+    """The GPU time a Dataset run asks for: ``dataset_gpu_seconds``, with faithfulness counted as
+    ``FAITHFULNESS_COST`` records per method and record. Called before the input is checked."""
+    try:
+        scale = 1 + FAITHFULNESS_COST * len(method_names(chosen_methods)) if faithfulness else 1
+        return dataset_gpu_seconds(archs, float(n_images) * scale)
+    except (TypeError, ValueError, UserError):
+        return MAX_GPU_SECONDS
 
 
 def arch_list(archs) -> list[str]:
@@ -105,31 +142,36 @@ def read_run(out: Path, arch: str, items, geometry_name: str, threshold: float) 
     return {k: r for k, r in rows.items() if k[0] == arch and (k[2], k[3]) in wanted}, shas
 
 
-def _score_pair(arch: str, pair, path: Path, shards, items, geometry_name: str, th: float, cfg: AppConfig,
-                report, unreadable: list[dict]) -> tuple[Path, dict, dict]:
-    out = run_folder(cfg, arch, path, geometry_name, th, pair)
+def _score_pair(arch: str, pair, path: Path, shards, items, geometry_name: str, th: float, scoring: Scoring,
+                cfg: AppConfig, report, unreadable: list[dict]) -> tuple[Path, dict, dict]:
+    out = run_folder(cfg, arch, path, geometry_name, th, pair, scoring)
     try:
         # evaluate holds the folder's lock while it writes; another request for the same folder waits for it
         evaluate.evaluate([arch], list(zoo.VARIANTS), shards, items, out, geometry=geometry_name, threshold=th,
                           batch_size=BATCH, progress=False, on_progress=report, log=lambda msg: None,
-                          loader=lambda arch_name, variant: pair[variant], skipped_records=unreadable)
+                          loader=lambda arch_name, variant: pair[variant], skipped_records=unreadable,
+                          methods=scoring.methods, faithfulness=scoring.faithfulness)
         rows, shas = read_run(out, arch, items, geometry_name, th)
     except evaluate.EvaluationError as e:
-        raise UserError(str(e).replace(str(out), out.name)) from None
+        # e.g. a folder holding other methods: the message names the folder, never its server path
+        raise UserError(f"{arch} not evaluated: {str(e).replace(str(out), out.name)}") from None
     return out, rows, shas
 
 
-@on_gpu(duration=lambda archs, shard, n_images, *args, **kwargs: dataset_gpu_seconds(archs, n_images),
-        pairs=lambda archs, shard, n_images, geometry_name, threshold, cfg, progress=None:  # input checked first
+@on_gpu(duration=lambda archs, shard, n_images, *args, chosen_methods=None, faithfulness=False, **kwargs:
+        gpu_seconds(archs, n_images, chosen_methods, faithfulness),
+        pairs=lambda archs, shard, n_images, geometry_name, threshold, cfg, progress=None, **kwargs:  # input checked
         _check(arch_list(archs), shard, n_images, geometry_name, threshold, cfg) and arch_list(archs))
 def run_evaluation(archs, shard: Optional[str], n_images, geometry_name: str, threshold, cfg: AppConfig,
-                   progress=None) -> DatasetRun:
-    """Score the first ``n_images`` records of a listed shard with both models of each pair.
+                   progress=None, *, chosen_methods=None, faithfulness=False) -> DatasetRun:
+    """Score the first ``n_images`` records of a listed shard with both models of each pair, with
+    ``chosen_methods`` (``method_names``; None: the paper's two) and, when ``faithfulness``, their faithfulness.
 
     A pair whose checkpoints are unavailable is skipped (and said in ``summary["skipped"]``) when others ran.
     Damaged records are skipped and listed (``summary["skipped_records"]``).
     """
     archs = arch_list(archs)
+    scoring = Scoring(method_names(chosen_methods), bool(faithfulness))
     path, n, th = _check(archs, shard, n_images, geometry_name, threshold, cfg)
     shards = evaluate.open_shards([path])
     items = evaluate.select_items(shards, n)
@@ -143,8 +185,8 @@ def run_evaluation(archs, shard: Optional[str], n_images, geometry_name: str, th
             skipped[arch] = str(e)
             continue
         report = functools.partial(_report_progress, progress, position, arch, len(archs), len(items))
-        folders[arch], rows[arch], shas = _score_pair(arch, pair, path, shards, items, geometry_name, th, cfg,
-                                                      report, unreadable)
+        folders[arch], rows[arch], shas = _score_pair(arch, pair, path, shards, items, geometry_name, th, scoring,
+                                                      cfg, report, unreadable)
         checkpoints.update(shas)
     if not folders:
         raise UserError("no pair could be evaluated: " + "; ".join(f"{a}: {why}" for a, why in skipped.items()))
@@ -176,8 +218,9 @@ def _write_report(run: DatasetRun, geometry_name: str, th: float) -> None:
         folder = run.report / arch
         folder.mkdir()
         order = [(arch, v, it.shard, it.index) for v in zoo.VARIANTS for it in run.items]
-        table = [evaluate.row_cells(run.rows[arch][key]) for key in order if key in run.rows[arch]]
-        (folder / evaluate.CSV_NAME).write_text(evaluate.csv_text([evaluate.COLUMNS, *table]), encoding="utf-8")
+        columns = evaluate.columns_for(run.summary["methods"], run.summary["faithfulness"])  # the run folder's
+        table = [evaluate.row_cells(run.rows[arch][key], columns) for key in order if key in run.rows[arch]]
+        (folder / evaluate.CSV_NAME).write_text(evaluate.csv_text([columns, *table]), encoding="utf-8")
         with evaluate.folder_lock(out):
             shutil.copyfile(out / evaluate.RUN_NAME, folder / evaluate.RUN_NAME)
 
@@ -195,7 +238,7 @@ def summary_rows(run: DatasetRun) -> list[list[str]]:
     for arch in run.folders:
         for v in zoo.VARIANTS:
             s = run.summary["models"][arch][v]
-            for m in MAPS:
+            for m in run.summary["methods"]:
                 sm = s[m]
                 defined = bool(sm["n_defined"])  # no defined ρ: the overlaps mean nothing either
                 rows.append([arch, VARIANT_TITLES[v], MAP_TITLES[m], _f(sm["mean_spearman"]),
@@ -205,19 +248,29 @@ def summary_rows(run: DatasetRun) -> list[list[str]]:
     return rows
 
 
-def paired_rows(run: DatasetRun) -> list[list[str]]:
-    """The paired statistics table: one row per pair and map."""
+def method_rows(run: DatasetRun) -> dict:
+    """The per-method table (``report.methods_table``'s numbers): per pair and method the mean ρ of each model,
+    the paired Δρ = DCLS − baseline with its CI, Wilcoxon p and n, and with faithfulness each model's means."""
+    faithful = run.summary["faithfulness"]
     rows = []
     for arch in run.folders:
-        for m, s in run.summary["paired"].get(arch, {}).items():
-            ci = f"[{s['ci'][0]:+.3f}, {s['ci'][1]:+.3f}]" if s["ci"] else "—"
-            rows.append([arch, MAP_TITLES[m], _f(s["mean_delta"], "{:+.4f}"), ci, _f(s["wilcoxon"]["p"], "{:.3g}"),
-                         str(s["n_pairs"])])
-    return rows
+        models = run.summary["models"][arch]
+        for m in run.summary["methods"]:
+            p = run.summary["paired"].get(arch, {}).get(m, {})
+            ci = f"[{p['ci'][0]:+.3f}, {p['ci'][1]:+.3f}]" if p.get("ci") else "—"
+            row = [arch, MAP_TITLES[m], *(_f(models[v][m]["mean_spearman"]) for v in zoo.VARIANTS),
+                   _f(p.get("mean_delta"), "{:+.4f}"), ci, _f(p.get("wilcoxon", {}).get("p"), "{:.3g}"),
+                   str(p.get("n_pairs", 0))]
+            if faithful:
+                row += [" / ".join(_f(models[v][m][f"mean_{f}"]) for v in zoo.VARIANTS) for f in Faithfulness.FIELDS]
+            rows.append(row)
+    headers = METHOD_HEADERS + ([FAITHFUL_HEADERS[f] for f in Faithfulness.FIELDS] if faithful else [])
+    return {"headers": headers, "data": rows}
 
 
-def image_rows(run: DatasetRun) -> list[list[str]]:
-    """The per-record table: each record's label, both models' top-1 and every ρ."""
+def image_rows(run: DatasetRun) -> dict:
+    """The per-record table: each record's label, both models' top-1 and every ρ (per method, per model)."""
+    maps = run.summary["methods"]
     table = []
     for arch in run.folders:
         rows = run.rows[arch]
@@ -230,8 +283,9 @@ def image_rows(run: DatasetRun) -> list[list[str]]:
             table.append([arch, f"{it.shard}:{it.index}",
                           labels.short_name(int(label), names) if label != "" else "—",
                           *(labels.short_name(int(got[v]["predicted"]), names) for v in zoo.VARIANTS),
-                          *(_f(evaluate.parse_float(got[v][f"spearman_{m}"])) for m in MAPS for v in zoo.VARIANTS)])
-    return table
+                          *(_f(evaluate.parse_float(got[v][f"spearman_{m}"])) for m in maps for v in zoo.VARIANTS)])
+    return {"headers": ROW_HEADERS + [f"{VARIANT_TITLES[v]} ρ {MAP_TITLES[m]}" for m in maps for v in zoo.VARIANTS],
+            "data": table}
 
 
 def headline(run: DatasetRun, seconds: Optional[float] = None) -> str:
@@ -259,11 +313,13 @@ def headline(run: DatasetRun, seconds: Optional[float] = None) -> str:
 
 
 def bundle(run: DatasetRun) -> str:
-    """One zip of this request's files: the combined summary, Table 1 and Figure 2, and per pair the requested
+    """One zip of this request's files: the combined summary, Table 1 (with the per-method table), Figure 2, the
+    robustness figure and, with faithfulness, plausibility against faithfulness; and per pair the requested
     records' rows and its run.json, under the pair's name."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-        for name in (evaluate.SUMMARY_NAME, evaluate.TABLE_NAME, evaluate.SCATTER_NAME):
+        for name in (evaluate.SUMMARY_NAME, evaluate.TABLE_NAME, evaluate.SCATTER_NAME, evaluate.ROBUSTNESS_NAME,
+                     evaluate.PLAUSIBILITY_NAME):
             if (run.report / name).is_file():
                 z.write(run.report / name, name)
         for arch in run.folders:
@@ -279,46 +335,65 @@ def bundle(run: DatasetRun) -> str:
 
 @dataclass(frozen=True)
 class EvaluateRequest:
-    """A Dataset-tab run asked for: pairs, shard, number of records and settings."""
+    """A Dataset-tab run asked for: pairs, shard, number of records, settings, methods and faithfulness (the
+    last two appended with defaults, so that API clients from before them keep working)."""
 
     archs: Any
     shard: Optional[str]
     n_images: Any
     geometry: str
     threshold: Any
+    methods: Any = None  # a list (the tab), comma-separated text (the API); None or '': the paper's two
+    faithfulness: Any = False
+
+
+def _run(cfg: AppConfig, req: EvaluateRequest, progress) -> DatasetRun:
+    return run_evaluation(req.archs, req.shard, req.n_images, req.geometry, req.threshold, cfg, progress,
+                          chosen_methods=req.methods, faithfulness=req.faithfulness)
+
+
+def _figure(run: DatasetRun, name: str) -> Optional[str]:
+    """The path of a figure ``write_summary`` drew, None where it had nothing to draw."""
+    path = run.report / name
+    return str(path) if path.is_file() else None
 
 
 def on_evaluate(cfg: AppConfig, req: EvaluateRequest, progress=None) -> list:
-    """[status, headline, summary, paired, plot, per-record rows, download]. A failure changes only the status
-    box, which says what went wrong until the next run: the previous results stay, marked as such."""
+    """[status, headline, summary, per method, Figure 2, robustness, plausibility column and figure, per-record
+    rows, download]. A failure (a bad input, a run folder holding other methods) changes only the status box,
+    which says what went wrong until the next run: the previous results stay, marked as such."""
     t0 = time.perf_counter()
     try:
-        run = run_evaluation(req.archs, req.shard, req.n_images, req.geometry, req.threshold, cfg, progress)
+        run = _run(cfg, req, progress)
     except Exception as e:  # noqa: BLE001 - said in the status box; the page stays as it was
         stale = "  \n*The results below, if any, are from the previous run.*"
         return [gr.update(value=f"**Not evaluated.** {gradio_error(e).message}{stale}", visible=True),
-                *[gr.skip()] * 6]
+                *[gr.skip()] * 9]
     for arch, why in run.summary["skipped"].items():
         gr.Warning(f"{arch} skipped: {why}")
-    scatter = run.report / evaluate.SCATTER_NAME
+    # the robustness figure shows even for one method: its CI bars per pair say at a glance what the table says
+    faithful = run.summary["faithfulness"]
     return [gr.update(value="", visible=False), headline(run, time.perf_counter() - t0), summary_rows(run),
-            paired_rows(run), str(scatter) if scatter.is_file() else None, image_rows(run),
-            gr.update(value=bundle(run), visible=True)]
+            method_rows(run), _figure(run, evaluate.SCATTER_NAME), _figure(run, evaluate.ROBUSTNESS_NAME),
+            gr.update(visible=faithful), _figure(run, evaluate.PLAUSIBILITY_NAME) if faithful else None,
+            image_rows(run), gr.update(value=bundle(run), visible=True)]
 
 
 def api_evaluate(cfg: AppConfig, req: EvaluateRequest, progress=None) -> tuple:
     """Both models of each pair in `arch` (one name, or several comma-separated) on the first `n_images`
-    (≤ 200) records of a listed shard ('' = the demo shard): the summary (as `evaluate`'s summary.json, with
-    `skipped` pairs) and a zip of the run."""
-    run = run_evaluation(req.archs, req.shard, req.n_images, req.geometry, req.threshold, cfg, progress)
+    (≤ 200) records of a listed shard ('' = the demo shard), with `methods` (comma-separated, or 'all'; '' =
+    the paper's two) and, when `faithfulness`, their deletion, insertion and ROAD: the summary (as `evaluate`'s
+    summary.json, with `skipped` pairs) and a zip of the run."""
+    run = _run(cfg, req, progress)
     return run.summary, bundle(run)
 
 
 def build(cfg: AppConfig) -> None:
     """The Dataset tab's widgets and events, and its /evaluate endpoint; call inside a ``gr.Tab``."""
     gr.Markdown("Score both models of one or more pairs on the first records of a ClickMe-format shard: the "
-                "study's dataset numbers (Table 1, Figure 2), with the per-image rows behind them. Larger runs: "
-                "`python -m dclsviz evaluate`.")
+                "study's dataset numbers (Table 1, Figure 2), with the per-image rows behind them. Other methods "
+                "ask whether the DCLS advantage belongs to the model or to Grad-CAM (the robustness figure). "
+                "Larger runs: `python -m dclsviz evaluate`.")
     inputs, run_btn = _inputs(cfg)
     outputs = _outputs()
     run_btn.click(bind(on_evaluate, EvaluateRequest, cfg, progress=True), inputs, outputs, api_visibility="private",
@@ -327,7 +402,9 @@ def build(cfg: AppConfig) -> None:
         hidden_inputs = [gr.Textbox(label="arch"), gr.Textbox(label="shard"),
                          gr.Number(DEFAULT_IMAGES, label="n_images"),
                          gr.Radio(list(geometry.GEOMETRIES), value="paper", label="geometry"),
-                         gr.Number(DEFAULT_THRESHOLD, label="threshold")]
+                         gr.Number(DEFAULT_THRESHOLD, label="threshold"),
+                         # appended last, with defaults: older clients send the five inputs above only
+                         gr.Textbox("", label="methods"), gr.Checkbox(False, label="faithfulness")]
         hidden_outputs = [gr.JSON(label="summary"), gr.File(label="bundle")]
         hidden = gr.Button("evaluate")
     hidden.click(bind(api_evaluate, EvaluateRequest, cfg, progress=True), hidden_inputs, hidden_outputs,
@@ -344,8 +421,14 @@ def _inputs(cfg: AppConfig) -> tuple[list, gr.Button]:
     with gr.Row():
         geom = gr.Radio(list(geometry.GEOMETRIES), value="paper", label="Geometry")
         threshold = gr.Slider(0.0, 1.0, DEFAULT_THRESHOLD, step=0.05, label="Threshold")
+    with gr.Row():
+        chosen = gr.Dropdown([(MAP_TITLES[m], m) for m in methods.NAMES], value=list(MAPS), multiselect=True,
+                             label="Methods", info="all from one forward and backward pass: more methods cost little",
+                             elem_id="ds-methods", scale=3)
+        faithful = gr.Checkbox(False, label="Faithfulness (deletion, insertion, ROAD)",
+                               info=f"costly: about {FAITHFULNESS_COST}× the time per method", elem_id="ds-faithful")
         run_btn = gr.Button("Evaluate", variant="primary", elem_id="ds-run")
-    return [arch, shard, n_images, geom, threshold], run_btn
+    return [arch, shard, n_images, geom, threshold, chosen, faithful], run_btn
 
 
 def _outputs() -> list:
@@ -355,14 +438,23 @@ def _outputs() -> list:
                          wrap=True, elem_id="ds-summary")
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):
-            paired = gr.Dataframe(headers=PAIRED_HEADERS, label="Paired, per record: Δρ = DCLS − baseline, "
-                                  "bootstrap 95% CI of its mean, Wilcoxon signed-rank p, n pairs",
-                                  interactive=False, wrap=True, elem_id="ds-paired")
-            download = gr.DownloadButton("Download per-image CSV, summary, table and plot (zip)", visible=False,
+            per_method = gr.Dataframe(headers=METHOD_HEADERS, label="Per method: mean ρ of each model; paired per "
+                                      "record Δρ = DCLS − baseline, bootstrap 95% CI of its mean, Wilcoxon "
+                                      "signed-rank p, n pairs; with faithfulness each model's means",
+                                      interactive=False, wrap=True, elem_id="ds-methods-table")
+            download = gr.DownloadButton("Download per-image CSV, summary, tables and figures (zip)", visible=False,
                                          elem_id="ds-download")
         with gr.Column(scale=2):
             plot = titled_image("Baseline vs DCLS alignment (the paper's Figure 2)",
                                 buttons=["download", "fullscreen"], elem_id="ds-plot")
+    with gr.Row(equal_height=False):
+        with gr.Column():
+            robustness = titled_image("Robustness: Δρ per method, 95% CI (right of 0: DCLS more human-aligned)",
+                                      buttons=["download", "fullscreen"], elem_id="ds-robustness")
+        with gr.Column(visible=False) as plausibility_col:
+            plausibility = titled_image("Plausibility (ρ) against faithfulness (deletion AUC, lower: more "
+                                        "faithful)", buttons=["download", "fullscreen"], elem_id="ds-plausibility")
     per_image = gr.Dataframe(headers=ROW_HEADERS, label="Per record", interactive=False, max_height=420,
                              wrap=True, elem_id="ds-rows")
-    return [status, headline_md, table, paired, plot, per_image, download]
+    return [status, headline_md, table, per_method, plot, robustness, plausibility_col, plausibility, per_image,
+            download]

@@ -94,5 +94,15 @@ def api_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 def titled_image(title: str, **kwargs) -> gr.Image:
     """A read-only picture under a title of its own: Gradio's label chip would cover the top of a map and cut a
     long name. ``kwargs`` go to ``gr.Image``."""
-    gr.Markdown(f"**{title}**", elem_classes="map-title")
-    return gr.Image(label=title, show_label=False, interactive=False, format="png", **kwargs)
+    return title_and_image(title, **kwargs)[1]
+
+
+def title_and_image(title: str, **kwargs) -> tuple[gr.Markdown, gr.Image]:
+    """``titled_image`` with its title, for a panel whose title changes (``title_text`` makes the new one)."""
+    heading = gr.Markdown(title_text(title), elem_classes="map-title")
+    return heading, gr.Image(label=title, show_label=False, interactive=False, format="png", **kwargs)
+
+
+def title_text(title: str) -> str:
+    """The Markdown of a picture's title."""
+    return f"**{title}**"

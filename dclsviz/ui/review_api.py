@@ -8,9 +8,8 @@ import gradio as gr
 
 from .. import review
 from ..cam import DEFAULT_THRESHOLD
-from ..compare import MAPS
 from .events import api_errors
-from .review_tab import access, create, delete, join, listing, pictures, reveal, show_next, verdict, _db
+from .review_tab import SIDES, SLOTS, access, create, delete, join, listing, pictures, reveal, show_next, verdict, _db
 from .service import AppConfig
 
 
@@ -29,15 +28,19 @@ def _plain_endpoints(cfg: AppConfig) -> None:
         return listing(tokens, cfg)
 
     @api_errors
-    def review_create(name: str, shard: str, start: int, count: int, arch: str, seed: str, hf_users: str = "") -> dict:
+    def review_create(name: str, shard: str, start: int, count: int, arch: str, seed: str, hf_users: str = "",
+                      methods: str = "") -> dict:
         """A new session over records start..start+count of a listed shard ('' = the demo shard, 'examples' =
         the example photos). Returns its id, the organiser token and the reviewer invite code: keep them, they
         are shown only now. ``seed`` '' draws the sides from a secret random seed; ``hf_users``: Hugging Face
-        usernames who may join without the code."""
+        usernames who may join without the code; ``methods``: the one or two methods whose maps each model shows,
+        comma-separated ('' = the paper's two)."""
         kind = "examples" if shard == "examples" else "shard"
-        made = create(name, kind, shard, start, count, None, arch, seed, "paper", DEFAULT_THRESHOLD, cfg, hf_users)
+        made = create(name, kind, shard, start, count, None, arch, seed, "paper", DEFAULT_THRESHOLD, cfg, hf_users,
+                      methods)
         return {"session": made.info.id, "name": made.info.name, "n_items": made.info.n_items,
-                "organiser_token": made.organiser_token, "invite_code": made.invite_code}
+                "methods": list(made.info.methods), "organiser_token": made.organiser_token,
+                "invite_code": made.invite_code}
 
     @api_errors
     def review_join(token: str, name: str) -> dict:
@@ -71,14 +74,16 @@ def _endpoints_with_files(cfg: AppConfig) -> None:
     @api_errors
     def review_next(token: str):
         """Runs both models on your next unjudged item: its position and what it is, never which side is which
-        model, with the image, the human map and the A and B maps; {"finished": true} when you are done."""
+        model, with the image, the human map and the A and B maps (per side one per method of the session, in
+        ``methods`` order, then None for an unused panel); {"finished": true} when you are done."""
         acc = access(token, cfg, ("reviewer",))
         shown = show_next(acc, cfg)
         p = review.progress(acc.session, acc.reviewer, _db(cfg))
         if shown is None:
-            return {**p, "finished": True}, *[None] * (2 + 2 * len(MAPS))
+            return {**p, "finished": True}, *[None] * (2 + len(SIDES) * len(SLOTS))
         return ({**p, "finished": False, "position": shown.item.position, "kind": shown.item.source.kind,
-                 "sample": shown.item.source.public_ref}, *pictures(shown))
+                 "sample": shown.item.source.public_ref, "methods": list(shown.comparison.methods)},
+                *pictures(shown))
 
     @api_errors
     def review_reveal(token: str):
@@ -90,7 +95,7 @@ def _endpoints_with_files(cfg: AppConfig) -> None:
         token_in = gr.Textbox(label="token")
         next_out = [gr.JSON(label="item"), gr.Image(label="image", format="png"),
                     gr.Image(label="human", format="png"),
-                    *[gr.Image(label=f"{side} {m}", format="png") for side in ("A", "B") for m in MAPS]]
+                    *[gr.Image(label=f"{side} map {k + 1}", format="png") for side in SIDES for k in SLOTS]]
         reveal_out, csv_out = gr.JSON(label="reveal"), gr.File(label="csv")
         next_btn, reveal_btn = gr.Button("next"), gr.Button("reveal")
     next_btn.click(review_next, token_in, next_out, api_name="review_next", concurrency_id="compute")

@@ -1,9 +1,12 @@
 """The Review tab and its endpoints: blind A/B sessions over ``review``'s SQLite store.
 
 The reviewer sees the image, the human map and two unnamed models' maps, "A" and "B", and never a score or
-a model name until the reveal. Sessions belong to people: every endpoint that reads or writes one takes the
-session's organiser token, invite code or a reviewer token as ``token``, and a wrong or missing one gets the
-same message whether the session exists or not. The browser keeps the tokens it was given in its own storage
+a model name until the reveal. The maps come from the one or two attribution methods the session's creator
+chose (the paper's two by default); the panels are titled with the method, never with the model.
+
+Sessions belong to people: every endpoint that reads or writes one takes the session's organiser token, invite
+code or a reviewer token as ``token``, and a wrong or missing one gets the same message whether the session
+exists or not. The browser keeps the tokens it was given in its own storage
 (``gr.BrowserState``), so a reload resumes, and lists only the sessions those tokens open.
 """
 
@@ -17,16 +20,18 @@ from typing import Any, Optional
 
 import gradio as gr
 
-from .. import images, limits, render, review, zoo
+from .. import images, limits, methods, render, review, zoo
 from ..cam import DEFAULT_THRESHOLD
 from ..compare import MAP_TITLES, MAPS
 from . import present
-from .events import bind, gradio_error, request, titled_image
+from .events import bind, gradio_error, request, title_and_image, title_text, titled_image
 from .present import Exports
-from .service import (AppConfig, UserError, arch_choices, default_arch, load_pair, on_gpu, open_shard,
-                      resolve_shard, shard_choices, shard_label_space_matches)
+from .service import (AppConfig, UserError, arch_choices, default_arch, load_pair, method_names, on_gpu,
+                      open_shard, resolve_shard, shard_choices, shard_label_space_matches)
 
 SOURCES = {"shard": "Records of a shard", "examples": "The example photos", "uploads": "Photos I upload"}
+SIDES = ("A", "B")
+SLOTS = range(review.MAX_METHODS)  # the map panels per side; a one-method session hides the second
 MAX_ITEMS = limits.MAX_REVIEW_ITEMS
 VERDICT_BUTTONS = {"A": "A is more human-like", "B": "B is more human-like", "tie": "Tie", "neither": "Neither"}
 PHOTO_TYPES = list(review.PHOTO_TYPES)
@@ -71,8 +76,9 @@ def make_sources(kind: str, shard: Optional[str], start, count, files, folder: P
 
 
 def create(name: str, kind: str, shard: Optional[str], start, count, files, arch: str, seed, geometry_name: str,
-           threshold, cfg: AppConfig, hf_users="") -> review.Created:
-    """A new session; the caller hands the organiser token and invite code to the organiser, once."""
+           threshold, cfg: AppConfig, hf_users="", chosen_methods=None) -> review.Created:
+    """A new session; the caller hands the organiser token and invite code to the organiser, once.
+    ``chosen_methods``: the maps each model shows (``method_names``; at most ``review.MAX_METHODS``)."""
     if arch not in zoo.archs():
         raise UserError(f"unknown architecture {str(arch)[:40]!r}")
     try:
@@ -82,7 +88,7 @@ def create(name: str, kind: str, shard: Optional[str], start, count, files, arch
             labels_fit=lambda sources: kind == "shard" and shard_label_space_matches(sources[0].ref, arch),
             arch=arch, seed=limits.optional_seed(seed, "seed for the sides"), geometry=geometry_name,
             threshold=float(threshold if threshold is not None else DEFAULT_THRESHOLD), hf_users=hf_users,
-            db=_db(cfg))
+            methods=method_names(chosen_methods), db=_db(cfg))
     except (ValueError, OSError) as e:
         raise _user_error(e) from None
 
@@ -143,7 +149,8 @@ def listing(tokens, cfg: AppConfig) -> list[dict]:
     """The sessions the tokens open, as the API and the tab list them."""
     out = []
     for acc, info in review.sessions_for(tokens, _db(cfg)):
-        row = {"session": info.id, "name": info.name, "arch": info.arch, "role": acc.role, "n_items": info.n_items}
+        row = {"session": info.id, "name": info.name, "arch": info.arch, "methods": list(info.methods),
+               "role": acc.role, "n_items": info.n_items}
         if acc.role == "reviewer":
             row["n_done"] = review.progress(info.id, acc.reviewer, _db(cfg))["n_done"]
         else:
@@ -215,8 +222,8 @@ class ReviewTab:
     def screen(self) -> list:
         """What showing an item changes, in ``_paint``'s order."""
         w = self.widgets
-        return [w["current"], w["where"], w["image"], w["human"], *w["panels"].values(), w["note"],
-                *w["buttons"].values(), w["held_dd"]]
+        return [w["current"], w["where"], w["image"], w["human"], *w["panels"].values(), *w["titles"].values(),
+                w["note"], *w["buttons"].values(), w["held_dd"]]
 
 
 def _session_widgets(tab: ReviewTab) -> None:
@@ -260,6 +267,9 @@ def _new_session_widgets(tab: ReviewTab) -> None:
                          label=f"Photos (with optional <photo>.human.png maps; at most "
                                f"{limits.MAX_SESSION_PHOTOS} files)", elem_id="rv-files")
     w["arch"] = gr.Dropdown(arch_choices(), value=default_arch(tab.cfg), label="Model pair")
+    w["methods"] = gr.Dropdown([(MAP_TITLES[m], m) for m in methods.NAMES], value=list(MAPS), multiselect=True,
+                               max_choices=review.MAX_METHODS, label="Maps each model shows (one or two methods)",
+                               elem_id="rv-methods")
     w["seed"] = gr.Textbox("", label="Seed for the sides (empty: a secret random one)")
     w["hf"] = gr.Textbox("", label="Hugging Face users who may join without the code (optional)")
     w["me_too"] = gr.Checkbox(True, label="I review it too", elem_id="rv-me-too")
@@ -274,15 +284,15 @@ def _judging_widgets(tab: ReviewTab) -> None:
             w["image"] = titled_image("Image", height=230, elem_id="rv-image")
         with gr.Column(min_width=160):
             w["human"] = titled_image("Human map", height=230, elem_id="rv-human")
-    w["panels"] = {}
-    for side in ("A", "B"):
+    w["panels"], w["titles"] = {}, {}
+    for side in SIDES:
         with gr.Row(equal_height=True):
             with gr.Column(scale=0, min_width=60):
                 gr.Markdown(f"## {side}", elem_classes="model-head")
-            for m in MAPS:
+            for k, m in zip(SLOTS, MAPS):  # titled when a session opens, after its methods
                 with gr.Column(min_width=160):
-                    w["panels"][side, m] = titled_image(f"{side}: {MAP_TITLES[m]}", height=230,
-                                                        elem_id=f"rv-{side}-{m}")
+                    w["titles"][side, k], w["panels"][side, k] = title_and_image(
+                        f"{side}: {MAP_TITLES[m]}", height=230, elem_id=f"rv-{side}-{k + 1}")
     w["note"] = gr.Textbox(label="Note (optional)", lines=1, max_length=limits.MAX_NOTE_CHARS, elem_id="rv-note")
     with gr.Row():
         w["buttons"] = {k: gr.Button(label, variant="primary" if k in "AB" else "secondary", interactive=False,
@@ -294,31 +304,46 @@ def _judging_widgets(tab: ReviewTab) -> None:
 
 
 def pictures(shown: review.Shown) -> list:
-    """[image, human map overlay or None, A and B overlays per map] as the reviewer sees them."""
+    """[image, human map overlay or None, then per side (A, B) one overlay per panel: the session's methods in
+    order, None where a session has fewer methods than panels] as the reviewer sees them."""
     c = shown.comparison
     img = c.frame_image()
     outs = {"A": shown.a, "B": shown.b}
     hm = render.overlay(img, c.human, 0.55, "jet") if c.human is not None else None
-    return [img, hm, *[render.overlay(img, outs[side].maps[m], 0.5, "jet") for side in ("A", "B") for m in MAPS]]
+    return [img, hm, *[render.overlay(img, outs[side].maps[c.methods[k]], 0.5, "jet") if k < len(c.methods)
+                       else None for side in SIDES for k in SLOTS]]
+
+
+def _panels(shown: Optional[review.Shown]) -> list:
+    """The values of the image, the human map, the map panels and their titles (``ReviewTab.screen``'s order):
+    each panel titled with its method, the panels a session does not use hidden; all empty without an item."""
+    if shown is None:
+        return [None, None, *[None] * (len(SIDES) * len(SLOTS)), *[gr.skip()] * (len(SIDES) * len(SLOTS))]
+    img, hm, *maps = pictures(shown)
+    names = shown.comparison.methods
+    used = [k < len(names) for _ in SIDES for k in SLOTS]
+    titles = [gr.update(value=title_text(f"{side}: {MAP_TITLES[names[k]]}") if k < len(names) else "",
+                        visible=k < len(names)) for side in SIDES for k in SLOTS]
+    return [img, hm, *[gr.update(value=m, visible=u) for m, u in zip(maps, used)], *titles]
 
 
 def _paint(acc: review.Access, token: str, shown: Optional[review.Shown], held, cfg: AppConfig) -> list:
     """The screen's values (``ReviewTab.screen``'s order) for ``acc`` with ``shown`` on it, if anything."""
     n_buttons = len(VERDICT_BUTTONS)
     listing_ = gr.update(choices=_held_choices(held, cfg), value=token)
-    blank = [None] * (2 + 2 * len(MAPS))
     if acc.role == "organiser":
         p = review.progress(acc.session, None, _db(cfg))
         text = (f"**{p['name']}** · organiser · {p['n_items']} items · {p['n_reviewers']} reviewers · "
                 f"{p['n_verdicts']} verdicts. Reveal any time; the invite code lets reviewers join.")
-        return [None, text, *blank, gr.update(value=""), *[gr.update(interactive=False)] * n_buttons, listing_]
+        return [None, text, *_panels(None), gr.update(value=""), *[gr.update(interactive=False)] * n_buttons,
+                listing_]
     p = review.progress(acc.session, acc.reviewer, _db(cfg))
     if shown is None:
-        return [None, f"**{p['name']}**: all {p['n_items']} items judged. Reveal your results below.", *blank,
-                gr.update(value=""), *[gr.update(interactive=False)] * n_buttons, listing_]
+        return [None, f"**{p['name']}**: all {p['n_items']} items judged. Reveal your results below.",
+                *_panels(None), gr.update(value=""), *[gr.update(interactive=False)] * n_buttons, listing_]
     text = (f"**{p['name']}** · item {shown.item.position + 1} of {p['n_items']} · {p['n_done']} judged · "
             f"`{shown.item.source.public_ref}`")
-    return [(token, shown.item.position), text, *pictures(shown), gr.update(value=""),
+    return [(token, shown.item.position), text, *_panels(shown), gr.update(value=""),
             *[gr.update(interactive=True)] * n_buttons, listing_]
 
 
@@ -343,7 +368,8 @@ def _organiser_of(acc: review.Access, held, cfg: AppConfig) -> review.Access:
 
 @dataclass(frozen=True)
 class CreateRequest:
-    """A new review session asked for: name, items (shard records or photos), pair, seed and sign-in users."""
+    """A new review session asked for: name, items (shard records or photos), pair, methods, seed and sign-in
+    users."""
 
     name: str
     kind: str
@@ -352,6 +378,7 @@ class CreateRequest:
     count: Any
     files: Any
     arch: str
+    methods: Any
     seed: Any
     hf_users: str
     me_too: bool
@@ -380,7 +407,7 @@ def on_create(tab: ReviewTab, req: CreateRequest, progress=None) -> list:
     """A new session; the organiser (also a reviewer with "I review it too") sees its first item and the two
     secrets, once."""
     made = create(req.name, req.kind, req.shard, req.start, req.count, req.files, req.arch, req.seed, "paper",
-                  DEFAULT_THRESHOLD, tab.cfg, req.hf_users)
+                  DEFAULT_THRESHOLD, tab.cfg, req.hf_users, req.methods)
     mine = join(made.invite_code, "organiser", tab.cfg)[1] if req.me_too else None
     held = _hold(req.held, made.organiser_token, mine)
     shown = _open(mine or made.organiser_token, held, tab.cfg, progress)
@@ -468,8 +495,8 @@ def build(cfg: AppConfig, tab_widget: gr.Tab) -> None:
 def _wire(tab: ReviewTab) -> None:
     w, screen, held = tab.widgets, tab.screen(), tab.widgets["held"]
     private, compute = {"api_visibility": "private"}, {"api_visibility": "private", "concurrency_id": "compute"}
-    create_inputs = [w[k] for k in ("name", "kind", "shard", "start", "count", "files", "arch", "seed", "hf",
-                                    "me_too", "held")]
+    create_inputs = [w[k] for k in ("name", "kind", "shard", "start", "count", "files", "arch", "methods", "seed",
+                                    "hf", "me_too", "held")]
     w["create_btn"].click(bind(on_create, CreateRequest, tab, progress=True), create_inputs,
                           screen + [held, w["secrets"], w["org_box"], w["inv_box"]], **compute)
     w["join_btn"].click(_join_callback(tab), [w["code"], w["who"], held], screen + [held, w["code"]], **compute)

@@ -581,21 +581,12 @@ class CamOptions:
 
     @classmethod
     def checked(cls, chosen, faithfulness=False, layer=None) -> "CamOptions":
-        """Options from widget or API values: ``chosen`` a list of method names or a comma-separated string
-        (None: the paper's two; empty: an error), ``layer`` a module name ("" or None: the study's layer)."""
-        if chosen is not None and not (chosen.strip() if isinstance(chosen, str) else list(chosen)):
-            raise UserError(f"choose at least one method: {', '.join(methods.NAMES)}")
-        if isinstance(chosen, str):
-            chosen = limits.text(chosen, "methods", MAX_METHODS_CHARS)
-        try:
-            names = methods.parse(chosen)
-        except ValueError as e:
-            raise UserError(f"methods: {e}") from None
+        """Options from widget or API values: ``chosen`` as ``method_names`` takes it, ``layer`` a module name
+        ("" or None: the study's layer)."""
         layer = limits.text(layer, "layer", limits.MAX_NAME_CHARS) if layer is not None else ""
-        return cls(names, bool(faithfulness), layer or None)
+        return cls(method_names(chosen), bool(faithfulness), layer or None)
 
 
-MAX_METHODS_CHARS = 400
 # faithfulness runs 2 × steps perturbed copies and ROAD's through each model, per map
 FAITHFULNESS_GPU_FACTOR = 4
 
@@ -641,3 +632,17 @@ def build_sample(source: str, arch: str, shard, index, image_file, human_file, p
                  "ground truth",)
         target = TARGET_PRED
     return Prepared(sample, target, notes, "ClickMe" if sample.human is not None else None)
+
+
+def method_names(spec) -> tuple[str, ...]:
+    """Attribution methods from a tab's multi-select (a list) or an API call (comma-separated text, '' or None
+    for the paper's two, as before methods could be chosen), in registry order; a UserError names the known ones.
+    """
+    if spec is None or (isinstance(spec, str) and not spec.strip()):
+        return methods.PAPER
+    if isinstance(spec, str):
+        spec = limits.text(spec, "methods", limits.MAX_NAME_CHARS * len(methods.NAMES))
+    try:
+        return methods.parse(spec)
+    except ValueError as e:
+        raise UserError(str(e)) from None
