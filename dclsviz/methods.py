@@ -91,12 +91,23 @@ def eigengradcam(t: Terms) -> torch.Tensor:
     ga = t.ga.detach().float().cpu().numpy()
     ga = np.where(np.isnan(ga), np.float32(0), ga)
     out = []
-    for m in ga:
-        x = m.reshape(m.shape[0], -1).T
-        x = x - x.mean(axis=0)
-        _, _, vt = np.linalg.svd(x, full_matrices=False)
-        out.append((x @ vt[0]).reshape(m.shape[1:]))
+    # one BLAS thread: a threaded SVD of so small a matrix spends its time waking threads, 10-100x longer when
+    # the cores are busy (the models' own threads, other requests)
+    with _blas().limit(limits=1, user_api="blas"):
+        for m in ga:
+            x = m.reshape(m.shape[0], -1).T
+            x = x - x.mean(axis=0)
+            _, _, vt = np.linalg.svd(x, full_matrices=False)
+            out.append((x @ vt[0]).reshape(m.shape[1:]))
     return torch.from_numpy(np.stack(out).astype(np.float32)).to(t.a.device)
+
+
+@functools.lru_cache(maxsize=1)
+def _blas():
+    """The process's BLAS thread pools (found once: looking them up walks the loaded libraries)."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
 
 
 def combine(activation: torch.Tensor, gradient: torch.Tensor, threshold: float):
