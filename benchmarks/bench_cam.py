@@ -7,7 +7,7 @@ Random weights (no download): speed does not depend on the values.
   ours         the full pair comparison: both models, both CAMs, Spearman against a human map
   grad-cam     the same four maps with the pytorch-grad-cam package (one call per map)
   live DCLS    one Grad-CAM pass through the DCLS model with its live Dcls2d layers (kernel rebuilt each forward)
-  methods      the pair with all one-pass methods (methods.NAMES) against the paper's two alone (target <= 1.3)
+  methods      the pair with all one-pass methods (methods.ONE_PASS) against the paper's two alone (target <= 1.3)
   faithfulness deletion + insertion of one map (k steps, one batch of 2k) against 2k bare forwards of the model
                (target: within 15 %)
 """
@@ -101,11 +101,11 @@ def methods_and_faithfulness(a, pair, sample, x, side) -> int:
     sal = torch.rand(side, side, generator=torch.Generator().manual_seed(0)).to(x.device)
     bare = torch.cat([x] * (2 * a.steps))
     t = interleaved({"two": lambda: compare(pair, sample, target="pred"),
-                     "all": lambda: compare(pair, sample, target="pred", methods=methods.NAMES),
+                     "all": lambda: compare(pair, sample, target="pred", methods=methods.ONE_PASS),
                      "delins": lambda: faithfulness.deletion_insertion(lm, x, sal, 1, 0.5, a.steps),
                      "bare": lambda: faithfulness.probabilities(lm, bare, 1)}, a.repeats, stat=median)
     print(f"  pair, the paper's two maps                          {t['two'] * 1e3:8.1f} ms")
-    print(f"  pair, all {len(methods.NAMES)} one-pass methods                      {t['all'] * 1e3:8.1f} ms")
+    print(f"  pair, all {len(methods.ONE_PASS)} one-pass methods                      {t['all'] * 1e3:8.1f} ms")
     print(f"  ratio all / paper's two                             {t['all'] / t['two']:8.2f}   (target <= 1.3)")
     print(f"  deletion + insertion, one map, k={a.steps}               {t['delins'] * 1e3:8.1f} ms")
     print(f"  {2 * a.steps} bare inference forwards (one batch)            {t['bare'] * 1e3:8.1f} ms")

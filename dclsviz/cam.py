@@ -214,7 +214,9 @@ class CamEngine:
         logits, target, a, g = self._pass(x, targets)
         with torch.no_grad():
             names = tuple(dict.fromkeys((*methods_mod.PAPER, *methods)))
-            low = methods_mod.compute(names, a, g, threshold)
+            probe = methods_mod.Probe(lm.model, x, target) if any(methods_mod.REGISTRY[n].costly for n in names) \
+                else None
+            low = methods_mod.compute(names, a, g, threshold, probe)
             # the paper's two one call each, as always; the others in one call, each map a channel
             framed = {n: resize_to_frame(low[n], frame) for n in methods_mod.PAPER}
             others = [n for n in names if n not in methods_mod.PAPER]

@@ -27,8 +27,9 @@ from .report import methods_table, table1
 def add_method_arguments(p: argparse.ArgumentParser) -> None:
     """``--methods`` and ``--faithfulness``, shared by ``explain`` and ``evaluate``."""
     p.add_argument("--methods", default="gradcam,threshold_gradcam",
-                   help=f"attribution methods, comma-separated, or 'all': {', '.join(methods.NAMES)} "
-                        "(default: the paper's two, %(default)s)")
+                   help=f"attribution methods, comma-separated: {', '.join(methods.NAMES)}; 'all' is every "
+                        "one-pass method (scorecam, a forward per channel, only by name; default: the paper's "
+                        "two, %(default)s)")
     p.add_argument("--faithfulness", action="store_true",
                    help="also deletion and insertion AUC and ROAD of every map (costly: ~2×16 + 18 forwards and "
                         "18 sparse solves per map)")

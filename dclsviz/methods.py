@@ -10,26 +10,42 @@ map equals pytorch-grad-cam 1.5.7's up to a positive factor: we average over cha
 that every channel-reducing map has the scale of the study's Grad-CAM (a mean over channels).
 
 The paper's two (``gradcam``, ``threshold_gradcam``) come from ``combine`` unchanged.
+
+One method is not from the pass: Score-CAM (``costly``) weighs each channel by the model's score for the input
+masked by that channel, one forward per channel (hundreds to thousands per image), batched on the model's device
+through the ``Probe`` the engine gives. ``all`` means the one-pass methods; Score-CAM is asked for by name.
 """
 
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 PAPER = ("gradcam", "threshold_gradcam")
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What a perturbation method needs besides A and G: the model, its input batch and the target classes."""
+
+    model: Callable[[torch.Tensor], torch.Tensor]
+    x: torch.Tensor  # the normalised input batch (B,3,H,W), on the model's device
+    targets: torch.Tensor  # (B,) class indices
+    batch: int = 64  # masked inputs per forward
 
 
 class Terms:
     """A and G of one batch, with the products several methods share, each computed on first use."""
 
-    def __init__(self, activation: torch.Tensor, gradient: torch.Tensor):
+    def __init__(self, activation: torch.Tensor, gradient: torch.Tensor, probe: Optional[Probe] = None):
         self.a = activation
         self.g = gradient
+        self.probe = probe
 
     @functools.cached_property
     def ga(self) -> torch.Tensor:
@@ -102,6 +118,30 @@ def eigengradcam(t: Terms) -> torch.Tensor:
     return torch.from_numpy(np.stack(out).astype(np.float32)).to(t.a.device)
 
 
+def scorecam(t: Terms) -> torch.Tensor:
+    """Score-CAM: channel weights softmax_c(logit_target(x · m_c)), m_c the channel's activation upsampled to the
+    input and min-max normalised; one forward per channel, ``probe.batch`` at a time.
+
+    As pytorch-grad-cam: bilinear upsampling with aligned corners (``UpsamplingBilinear2d``), 1e-8 in the
+    min-max, the target's raw logit, the softmax over the channels.
+    """
+    if t.probe is None:
+        raise ValueError("Score-CAM needs the model and its input (a Probe)")
+    p = t.probe
+    weights = torch.empty(t.a.shape[:2], device=t.a.device, dtype=torch.float32)
+    with torch.no_grad():
+        for i in range(t.a.shape[0]):
+            m = F.interpolate(t.a[i:i + 1].float(), size=p.x.shape[-2:], mode="bilinear", align_corners=True)[0]
+            lo, hi = m.amin((1, 2), keepdim=True), m.amax((1, 2), keepdim=True)
+            m = (m - lo) / (hi - lo + 1e-8)
+            for c in range(0, m.shape[0], p.batch):
+                masked = p.x[i:i + 1] * m[c:c + p.batch, None]
+                if p.x.is_contiguous(memory_format=torch.channels_last):
+                    masked = masked.contiguous(memory_format=torch.channels_last)
+                weights[i, c:c + p.batch] = p.model(masked)[:, int(p.targets[i])].float()
+    return _channel_weighted(torch.softmax(weights, 1), t)
+
+
 @functools.lru_cache(maxsize=1)
 def _blas():
     """The process's BLAS thread pools (found once: looking them up walks the loaded libraries)."""
@@ -133,7 +173,7 @@ class Method:
     title: str
     paper: str
     fn: Callable[[Terms], torch.Tensor]
-    costly: bool = False
+    costly: bool = False  # not from the one pass: extra forwards per image
 
 
 def _paper_map(t: Terms) -> torch.Tensor:
@@ -150,13 +190,22 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
     Method("gradcampp", "Grad-CAM++", "Chattopadhyay et al., WACV 2018", gradcampp),
     Method("layercam", "LayerCAM", "Jiang et al., IEEE TIP 2021", layercam),
     Method("eigengradcam", "Eigen-Grad-CAM", "after Eigen-CAM, Muhammad & Yeasin, IJCNN 2020", eigengradcam),
+    Method("scorecam", "Score-CAM", "Wang et al., CVPR Workshops 2020", scorecam, costly=True),
 )}
 NAMES = tuple(REGISTRY)
+ONE_PASS = tuple(n for n in NAMES if not REGISTRY[n].costly)  # what ``all`` means
 TITLES = {m.name: m.title for m in REGISTRY.values()}
 
 
+def choice_label(name: str) -> str:
+    """A method's title as pickers list it: the paper's two and the costly ones marked."""
+    mark = " (paper)" if name in PAPER else " (costly: a forward per channel)" if REGISTRY[name].costly else ""
+    return f"{REGISTRY[name].title}{mark}"
+
+
 def parse(spec: str | Sequence[str] | None) -> tuple[str, ...]:
-    """Method names from a comma-separated list (or a sequence); ``all`` is every method, None the paper's two.
+    """Method names from a comma-separated list (or a sequence); ``all`` is every one-pass method (``ONE_PASS``;
+    a costly one may be named beside it), None the paper's two.
 
     The paper's two come first when present, then the others in registry order, each once. Raises ValueError
     naming the known methods for an unknown one.
@@ -166,26 +215,25 @@ def parse(spec: str | Sequence[str] | None) -> tuple[str, ...]:
     items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s and s.strip()]
     if not items:
         raise ValueError(f"no method given; choose from {', '.join(NAMES)} or 'all'")
-    if "all" in items:
-        return NAMES
-    unknown = [s for s in items if s not in REGISTRY]
+    unknown = [s for s in items if s not in REGISTRY and s != "all"]
     if unknown:
         raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(NAMES)} or 'all'")
-    return tuple(n for n in NAMES if n in items)
+    return tuple(n for n in NAMES if n in items or ("all" in items and n in ONE_PASS))
 
 
 def compute(names: Sequence[str], activation: torch.Tensor, gradient: torch.Tensor,
-            threshold: float) -> dict[str, torch.Tensor]:
+            threshold: float, probe: Optional[Probe] = None) -> dict[str, torch.Tensor]:
     """The ``names`` maps (B,h,w) at the layer's resolution, after ``max(·, 0)``, from one A and G.
 
     Args:
         names: method names (``parse``); the paper's two are computed together by ``combine``.
         threshold: Threshold-Grad-CAM's floor.
+        probe: the model and its input, for a costly method.
     """
     out: dict[str, torch.Tensor] = {}
     if any(n in PAPER for n in names):
         out["gradcam"], out["threshold_gradcam"] = combine(activation, gradient, threshold)
-    terms = Terms(activation, gradient)
+    terms = Terms(activation, gradient, probe)
     for n in names:
         if n not in PAPER:
             out[n] = REGISTRY[n].fn(terms).relu()

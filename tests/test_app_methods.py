@@ -46,7 +46,7 @@ def test_extra_methods_and_faithfulness_equal_the_cli(client, tmp_path):
 
 def test_all_methods_and_the_default(client):
     every, _, _ = compare(client, index=1, methods="all")
-    assert list(every["models"]["dcls"]["scores"]) == list(methods.NAMES)
+    assert list(every["models"]["dcls"]["scores"]) == list(methods.ONE_PASS)
     default, _, _ = compare(client, index=1)
     assert list(default["models"]["dcls"]["scores"]) == list(MAPS)
     assert "faithfulness" not in default["models"]["dcls"]

@@ -161,7 +161,7 @@ def test_evaluate_methods_and_faithfulness(tmp_path):
     rows = _rows(out)
     assert len(rows) == 6 and {"spearman_eigengradcam", "deletion_layercam", "road_gradcampp"} <= set(rows[0])
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["methods"] == list(__import__("dclsviz.methods").methods.NAMES) and summary["faithfulness"]
+    assert summary["methods"] == list(__import__("dclsviz.methods").methods.ONE_PASS) and summary["faithfulness"]
     ent = summary["models"]["demo"]["dcls"]["xgradcam"]
     assert ent["mean_spearman"] == pytest.approx(np.mean([float(r["spearman_xgradcam"]) for r in rows
                                                           if r["variant"] == "dcls"]), abs=1e-12)

@@ -21,7 +21,7 @@ from kit_data import kit_input
 
 # the smallest model of each family, and the demo
 FAMILIES = ["convnext_tiny.dcls", "caformer_s18.baseline", "fastvit_sa24.dcls", "resnet50.baseline", "demo.dcls"]
-NEW = tuple(n for n in methods.NAMES if n not in methods.PAPER)
+NEW = tuple(n for n in methods.ONE_PASS if n not in methods.PAPER)
 
 
 def _peer_classes():
@@ -80,8 +80,8 @@ def _assert_equal_up_to_scale(ours: np.ndarray, peer: np.ndarray, what: str) -> 
 @pytest.mark.parametrize("id_", FAMILIES)
 def test_every_method_equals_pytorch_grad_cam(id_, fake, kit):
     lm, x, target = _model_and_input(id_, fake, kit)
-    ours = CamEngine(lm).explain(x, target, methods=methods.NAMES)
-    assert set(ours.lowres) == set(methods.NAMES) and set(ours.maps) == set(methods.NAMES)
+    ours = CamEngine(lm).explain(x, target, methods=methods.ONE_PASS)
+    assert set(ours.lowres) == set(methods.ONE_PASS) and set(ours.maps) == set(methods.ONE_PASS)
     ref = _model_and_input(id_, fake, kit, channels_last=False)[0]
     ref.model.requires_grad_(True)
     peer = peer_lowres(ref, lm.entry.cam_layer, x, target)
@@ -100,11 +100,11 @@ def test_methods_differ_where_their_definitions_do():
     g = torch.Generator().manual_seed(0)
     a = torch.randn(2, 6, 5, 5, generator=g) + 0.5
     grad = torch.randn(2, 6, 5, 5, generator=g)
-    maps = methods.compute(methods.NAMES, a, grad, 0.3)
+    maps = methods.compute(methods.ONE_PASS, a, grad, 0.3)
     assert all(m.shape == (2, 5, 5) and float(m.min()) >= 0 for m in maps.values())
     flat = {n: (m / m.amax((1, 2), keepdim=True)).flatten() for n, m in maps.items()}
-    for i, p in enumerate(methods.NAMES):
-        for q in methods.NAMES[i + 1:]:
+    for i, p in enumerate(methods.ONE_PASS):
+        for q in methods.ONE_PASS[i + 1:]:
             assert not torch.allclose(flat[p], flat[q], atol=1e-3), (p, q)
     # HiResCAM by hand: the element-wise product summed over channels, then the ReLU
     assert torch.allclose(maps["hirescam"], (grad * a).mean(1).relu(), atol=1e-7)
@@ -113,7 +113,9 @@ def test_methods_differ_where_their_definitions_do():
 def test_parse():
     assert methods.parse(None) == methods.PAPER
     assert methods.parse("layercam,gradcam") == ("gradcam", "layercam")
-    assert methods.parse("all") == methods.NAMES and len(methods.NAMES) == 8
+    assert methods.parse("all") == methods.ONE_PASS and len(methods.ONE_PASS) == 8
+    assert methods.parse("scorecam,all") == methods.NAMES and methods.NAMES[-1] == "scorecam"
+    assert methods.REGISTRY["scorecam"].costly and not any(methods.REGISTRY[n].costly for n in methods.ONE_PASS)
     with pytest.raises(ValueError, match="unknown method.*nope.*choose from gradcam"):
         methods.parse("gradcam,nope")
 
@@ -131,3 +133,27 @@ def test_layer_option_and_its_errors():
     # a module whose output is not (B, C, h, w): the message lists the valid layers near the name
     with pytest.raises(ValueError, match=r"'fc' outputs \(1, 8\), not \(B, C, h, w\); valid CAM layers"):
         CamEngine(lm, layer="fc").explain(x, 1)
+
+
+# Score-CAM runs one forward per channel: the demo at its CAM layer (512 channels at 128 px), and a study model
+# at an early layer (caformer_s18's stages.0: 64 channels; its CAM layer's 512 take minutes on 2 cores)
+@pytest.mark.parametrize("id_, layer", [("demo.dcls", None), ("caformer_s18.baseline", "stages.0")])
+def test_scorecam_equals_pytorch_grad_cam(id_, layer, fake, kit):
+    from pytorch_grad_cam import ScoreCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    lm, x, target = _model_and_input(id_, fake, kit)
+    ours = CamEngine(lm, layer).explain(x, target, methods=("scorecam",))
+    assert set(ours.lowres) == {*methods.PAPER, "scorecam"}
+    ref = _model_and_input(id_, fake, kit, channels_last=False)[0]
+    module = ref.model.get_submodule(layer or lm.entry.cam_layer)
+    targets = [ClassifierOutputTarget(target)]
+    xr = x.to(ref.device)
+    captured = {}
+    handle = module.register_forward_hook(lambda _m, _i, out: captured.setdefault("a", out.detach()))
+    with torch.no_grad():
+        ref.model(xr)
+    handle.remove()
+    with ScoreCAM(model=ref.model, target_layers=[module]) as cam:
+        peer = np.maximum(cam.get_cam_image(xr, module, targets, captured["a"].cpu().numpy(), None, False), 0)[0]
+    _assert_equal_up_to_scale(ours.lowres["scorecam"][0], peer, f"{id_} scorecam")

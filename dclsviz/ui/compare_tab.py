@@ -33,7 +33,7 @@ EDITOR_MAX_SIDE = 1024
 HUMAN_PREVIEW_ALPHA = 0.55
 # every method has its place on the page; a comparison shows the blocks of the methods it computed
 MAP_KEYS = [f"{v}_{m}" for v in zoo.VARIANTS for m in methods.NAMES]
-METHOD_CHOICES = [(f"{methods.TITLES[m]}{' (paper)' if m in MAPS else ''}", m) for m in methods.NAMES]
+METHOD_CHOICES = [(methods.choice_label(m), m) for m in methods.NAMES]
 
 
 @dataclass(frozen=True)
@@ -318,8 +318,8 @@ def _controls(tab: CompareTab) -> None:
 def _method_controls(tab: CompareTab) -> None:
     w = tab.widgets
     w["methods"] = gr.Dropdown(METHOD_CHOICES, value=list(MAPS), multiselect=True, label="Attribution methods",
-                               elem_id="methods", info="all from the same forward and backward pass; each gets a "
-                                                       "baseline | DCLS pair of maps")
+                               elem_id="methods", info="each gets a baseline | DCLS pair of maps; all but Score-CAM "
+                                                       "come from the same forward and backward pass")
     with gr.Accordion("Faithfulness and CAM layer", open=False, elem_id="advanced"):
         w["faithfulness"] = gr.Checkbox(False, label="Faithfulness: deletion, insertion and ROAD of every map",
                                         info="costly: about 2 × 16 + 4 perturbed forwards per map",

@@ -422,7 +422,7 @@ def _inputs(cfg: AppConfig) -> tuple[list, gr.Button]:
         geom = gr.Radio(list(geometry.GEOMETRIES), value="paper", label="Geometry")
         threshold = gr.Slider(0.0, 1.0, DEFAULT_THRESHOLD, step=0.05, label="Threshold")
     with gr.Row():
-        chosen = gr.Dropdown([(MAP_TITLES[m], m) for m in methods.NAMES], value=list(MAPS), multiselect=True,
+        chosen = gr.Dropdown([(methods.choice_label(m), m) for m in methods.NAMES], value=list(MAPS), multiselect=True,
                              label="Methods", info="all from one forward and backward pass: more methods cost little",
                              elem_id="ds-methods", scale=3)
         faithful = gr.Checkbox(False, label="Faithfulness (deletion, insertion, ROAD)",

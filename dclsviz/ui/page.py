@@ -152,7 +152,8 @@ def _api(ctx: ApiContext) -> None:
                   gr.Number(DEFAULT_THRESHOLD, label="threshold"),
                   gr.Radio(list(geometry.GEOMETRIES), value="paper", label="geometry"),
                   gr.Textbox(",".join(MAPS), label="methods",
-                             info=f"comma-separated, or 'all': {', '.join(methods.NAMES)}"),
+                             info=f"comma-separated: {', '.join(methods.NAMES)}; or 'all': every one-pass "
+                                  "method (scorecam only by name)"),
                   gr.Checkbox(False, label="faithfulness", info="deletion, insertion and ROAD of every map (costly)"),
                   gr.Textbox("", label="layer", info="the CAM layer; empty: the study's layer of each model")]
         outputs = [gr.JSON(label="manifest"), *[gr.Image(label=n, format="png") for n in
