@@ -4,12 +4,17 @@
 
 For each architecture the seed-0 stand-ins of both checkpoints (tests/fake_checkpoints.py: the published
 containers, full size) are written to a temporary folder, then ``models.load(entry, checkpoint=path,
-device="cpu")`` runs with the baseline and DCLS loads interleaved; each stage is the best of the repeats:
+device="cpu")`` runs with the loads interleaved; each stage is the best of the repeats:
   read    checkpoints.read_file + unwrap
   build   models.build (timm's model, DCLS layers swapped in)
   load    checkpoints.load_into (key mapping, strict load)
-  freeze  models.prepare (DCLS kernels precomputed, channels-last)
+  cache   frozen_cache.read (a hit: the frozen kernels mapped and checked)
+  freeze  models.prepare (DCLS kernels precomputed, or the cached ones put in place; channels-last)
   total   models.load's own clock (also resolving the path and hashing the file)
+A DCLS model loads twice per round: "dcls" with the frozen-kernel cache off (the first load of a checkpoint,
+which freezes), "dcls+cache" from the cache the first round wrote (every later process). The "floor" of a DCLS
+model is its baseline's load plus writing its dense kernels' bytes once into fresh memory (best of the repeats):
+no first load that freezes can beat it.
 Then, per DCLS layer type, DCLS's own ConstructKernel2d against dcls.construct_kernel (one run each).
 Targets: each DCLS model loads in <= 1.5x its baseline's time; resnet50.dcls in under 2 s on 2 cores.
 """
@@ -29,10 +34,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dclsviz import checkpoints, dcls, models, zoo  # noqa: E402
+from dclsviz import checkpoints, dcls, frozen_cache, models, zoo  # noqa: E402
 
 STAGES = {"read": [(checkpoints, "read_file"), (checkpoints, "unwrap")], "build": [(models, "build")],
-          "load": [(checkpoints, "load_into")], "freeze": [(models, "prepare")]}
+          "load": [(checkpoints, "load_into")], "cache": [(frozen_cache, "read")], "freeze": [(models, "prepare")]}
+LOADS = ("baseline", "dcls", "dcls+cache")  # what each round loads: the entry's variant, then the cache's setting
 
 
 def kit_folder() -> Path:
@@ -72,12 +78,21 @@ def stage_clock(times: dict):
             setattr(module, name, fn)
 
 
-def load_once(entry, path: Path) -> dict:
+def load_once(entry, path: Path, cache: bool) -> dict:
     times = defaultdict(float)
+    os.environ[frozen_cache.ENV] = "1" if cache else "0"
     with stage_clock(times):
         loaded = models.load(entry, checkpoint=path, device="cpu")
+    frozen_cache.wait()  # a cache write of this load must not run into the next one's clock
     times["total"] = loaded.load_seconds
     return dict(times)
+
+
+def kernel_write_seconds(arch: str) -> float:
+    """The time to write ``arch``'s dense DCLS kernels once into fresh memory: any freeze's least work."""
+    model = models.build(zoo.get(arch, "dcls"), init=False)
+    numel = sum(torch.Size(shape).numel() for shape, _ in dcls.kernel_shapes(model).values())
+    return _timed(lambda: torch.empty(numel).fill_(0))
 
 
 def bench_arch(arch: str, kit: Path, fake, repeats: int, folder: Path) -> dict:
@@ -87,15 +102,20 @@ def bench_arch(arch: str, kit: Path, fake, repeats: int, folder: Path) -> dict:
         man = fake.load_manifest(str(kit / "manifests" / f"{arch}.{v}.json"))
         paths[v] = folder / man["file_name"]
         fake.write_checkpoint(man, str(paths[v]), seed=0)
-    runs = {v: [] for v in zoo.VARIANTS}
-    for i in range(repeats + 1):  # the first round warms imports and allocators and is not counted
-        for v in zoo.VARIANTS if i % 2 else reversed(zoo.VARIANTS):
-            t = load_once(zoo.get(arch, v), paths[v])
+    runs = {name: [] for name in LOADS + ("floor",)}
+    for i in range(repeats + 1):  # the first round warms imports and allocators (and the cache) and is not counted
+        for name in LOADS if i % 2 else reversed(LOADS):
+            v, _, cache = name.partition("+")
+            t = load_once(zoo.get(arch, v), paths[v], bool(cache))
             if i:
-                runs[v].append(t)
+                runs[name].append(t)
+        if i:
+            runs["floor"].append({"write": kernel_write_seconds(arch)})
     for p in paths.values():
         p.unlink()
-    return {v: {k: min(r[k] for r in rs) for k in rs[0]} for v, rs in runs.items()}
+    best = {name: {k: min(r[k] for r in rs) for k in rs[0]} for name, rs in runs.items()}
+    best["floor"]["total"] = best["baseline"]["total"] + best["floor"]["write"]
+    return best
 
 
 def kernel_speedups(arch: str) -> list[tuple[str, float, float, float]]:
@@ -126,21 +146,31 @@ def _timed(fn) -> float:
 
 
 def report(results: dict) -> bool:
-    cols = ("read", "build", "load", "freeze", "total")
-    print(f"\n{'model':22}" + "".join(f"{c:>9}" for c in cols) + "   (seconds, best of the repeats)")
+    """Print the table and the targets; True when the first loads (no cache) meet every target."""
+    cols = ("read", "build", "load", "cache", "freeze", "total")
+    print(f"\n{'model':26}" + "".join(f"{c:>9}" for c in cols) + "   (seconds, best of the repeats)")
+    for arch, r in results.items():
+        for name in LOADS:
+            print(f"{arch + '.' + name:26}" + "".join(f"{r[name].get(c, 0.0):9.3f}" for c in cols))
+    print(f"\n{'arch':16}{'first/base':>11}{'cached/base':>12}{'floor/base':>11}  target <= 1.5 "
+          "(first: a checkpoint's first load, freezing; cached: every later process)")
     ok = True
     for arch, r in results.items():
-        for v in zoo.VARIANTS:
-            print(f"{arch + '.' + v:22}" + "".join(f"{r[v][c]:9.3f}" for c in cols))
-    print(f"\n{'arch':16}{'DCLS/baseline':>14}  target <= 1.5")
-    for arch, r in results.items():
-        ratio = r["dcls"]["total"] / r["baseline"]["total"]
-        ok &= ratio <= 1.5
-        print(f"{arch:16}{ratio:14.2f}  {'ok' if ratio <= 1.5 else 'MISSED'}")
+        first, cached, floor = (r[k]["total"] / r["baseline"]["total"] for k in ("dcls", "dcls+cache", "floor"))
+        ok &= first <= 1.5
+        verdict = ("ok" if first <= 1.5 else
+                   f"first MISSED ({'cached ok' if cached <= 1.5 else 'cached MISSED'}"
+                   f"{'; 1.5x is below the floor' if floor > 1.5 else ''})")
+        print(f"{arch:16}{first:11.2f}{cached:12.2f}{floor:11.2f}  {verdict}")
+        if floor > 1.5:
+            print(f"{'':16}floor: baseline {r['baseline']['total']:.3f} s + writing the kernels once "
+                  f"{r['floor']['write']:.3f} s = {r['floor']['total']:.3f} s > 1.5x = "
+                  f"{1.5 * r['baseline']['total']:.3f} s")
     if "resnet50" in results:
-        t = results["resnet50"]["dcls"]["total"]
-        ok &= t < 2.0
-        print(f"resnet50.dcls total {t:.2f} s (target < 2 s): {'ok' if t < 2.0 else 'MISSED'}")
+        for name in ("dcls", "dcls+cache"):
+            t = results["resnet50"][name]["total"]
+            ok &= t < 2.0 or name != "dcls"
+            print(f"resnet50.{name} total {t:.2f} s (target < 2 s): {'ok' if t < 2.0 else 'MISSED'}")
     return ok
 
 
@@ -159,10 +189,10 @@ def main(argv=None) -> int:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
+        os.environ["DCLSVIZ_CACHE"] = str(Path(tmp) / "cache")  # hashes and frozen kernels of this run only
         for arch in archs:
             results[arch] = bench_arch(arch, kit, fake, a.repeats, Path(tmp))
-            print(f"{arch}: baseline {results[arch]['baseline']['total']:.3f} s, "
-                  f"dcls {results[arch]['dcls']['total']:.3f} s", flush=True)
+            print(f"{arch}: " + ", ".join(f"{n} {results[arch][n]['total']:.3f} s" for n in LOADS), flush=True)
     ok = report(results)
     if not a.no_kernels:
         print(f"\n{'DCLS layer type':44}{'ConstructKernel2d':>18}{'ours':>10}{'speed-up':>10}{'max rel diff':>14}")

@@ -14,7 +14,7 @@ import functools
 import logging
 import os
 import re
-from typing import Callable, NamedTuple, Optional, Sequence
+from typing import Callable, Mapping, NamedTuple, Optional, Sequence
 
 import torch
 from torch import nn
@@ -128,6 +128,12 @@ def dcls_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     from DCLS.construct.modules import Dcls2d
 
     return [(n, m) for n, m in model.named_modules() if isinstance(m, Dcls2d)]
+
+
+def kernel_shapes(model: nn.Module) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """``name -> (shape, dtype)`` of the dense kernel each live ``Dcls2d`` of ``model`` freezes into."""
+    return {n: ((m.out_channels, m.in_channels // m.groups, *m.dilated_kernel_size), m.weight.dtype)
+            for n, m in dcls_layers(model)}
 
 
 def _axis(pos: torch.Tensor, size: int):
@@ -316,11 +322,14 @@ def _finite_by_bound(weight: torch.Tensor, P: torch.Tensor) -> bool:
 
 
 @torch.no_grad()
-def freeze(model: nn.Module, channels_last: bool = False) -> list[tuple[str, torch.Tensor, bool]]:
+def freeze(model: nn.Module, channels_last: bool = False,
+           kernels: Optional[Mapping[str, torch.Tensor]] = None) -> list[tuple[str, torch.Tensor, bool]]:
     """Replace each ``Dcls2d`` by an ``nn.Conv2d`` with its precomputed kernel.
 
     Each kernel is computed on its layer's device: move the model first to freeze on the GPU.
     ``channels_last`` builds the kernels in that memory format (for a model that runs in it).
+    ``kernels``: every layer's kernel by name, computed earlier from these very weights and positions (the
+    frozen-kernel cache's), used as they are instead of being constructed.
 
     Returns:
         ``(name, kernel, proven)`` of every frozen layer; ``proven``: its kernel is finite by
@@ -337,9 +346,12 @@ def freeze(model: nn.Module, channels_last: bool = False) -> list[tuple[str, tor
     frozen = []
     for stage in stages.values():
         first = stage[0][1]
-        kernels = construct_kernels([layer.weight for _, layer in stage], first.P, first.version,
-                                    first.dilated_kernel_size, channels_last)
-        for (name, layer), kernel in zip(stage, kernels):
+        if kernels is not None:
+            built = [kernels[name] for name, _ in stage]
+        else:
+            built = construct_kernels([layer.weight for _, layer in stage], first.P, first.version,
+                                      first.dilated_kernel_size, channels_last)
+        for (name, layer), kernel in zip(stage, built):
             frozen.append((name, kernel, _finite_by_bound(layer.weight, layer.P)))
             _set_module(model, name, _dense_conv(layer, kernel))
     return frozen

@@ -20,7 +20,7 @@ from typing import Callable, Mapping, Optional
 import torch
 from torch import nn
 
-from . import checkpoints, dcls
+from . import checkpoints, dcls, frozen_cache
 from .download import Progress
 from .results import Provenance
 from .zoo import ModelEntry
@@ -69,9 +69,11 @@ def build(entry: ModelEntry, init: bool = True) -> nn.Module:
     return model.eval()
 
 
-def prepare(model: nn.Module, device: torch.device, channels_last: bool,
-            freeze: bool = True) -> list[tuple[str, torch.Tensor, bool]]:
+def prepare(model: nn.Module, device: torch.device, channels_last: bool, freeze: bool = True,
+            kernels: Optional[Mapping[str, torch.Tensor]] = None) -> list[tuple[str, torch.Tensor, bool]]:
     """Inference form, in place: DCLS kernels precomputed, no parameter needs a gradient, on ``device``.
+
+    ``kernels``: the frozen kernels by layer name when they are known already (``dcls.freeze``'s argument).
 
     Returns:
         ``dcls.freeze``'s ``(name, kernel, proven finite)`` of each frozen layer (empty without DCLS).
@@ -80,7 +82,7 @@ def prepare(model: nn.Module, device: torch.device, channels_last: bool,
     # before freezing, so the kernels are built on the target device and only the compact weights
     # and positions (not the dense kernels) cross to it
     model.to(device)
-    frozen = dcls.freeze(model, channels_last) if freeze else []
+    frozen = dcls.freeze(model, channels_last, kernels) if freeze else []
     if channels_last:
         model.to(memory_format=torch.channels_last)
     return frozen
@@ -124,12 +126,26 @@ def load(entry: ModelEntry, checkpoint: Optional[Path] = None, *, state_dict: Op
     checkpoints.load_into(model, state_dict, entry)
     if channels_last is None:
         channels_last = entry.channels_last
-    frozen = prepare(model, device, channels_last, freeze)
+    cache_name = _frozen_cache_name(model, entry, resolved, device, channels_last) if freeze else None
+    cached = frozen_cache.read(cache_name, dcls.kernel_shapes(model), channels_last) if cache_name else None
+    frozen = prepare(model, device, channels_last, freeze, cached)
+    if cache_name and cached is None:
+        frozen_cache.write_later(cache_name, {name: k for name, k, _ in frozen}, channels_last)
     # the strict load copied checked tensors; only a frozen DCLS kernel is new, and finite weights can still
     # overflow in one: read those the bound does not clear
     check_finite([(f"{name}.weight", k) for name, k, proven in frozen if not proven],
                  f"{entry.id}: the model built from {source} (after loading)")
     return LoadedModel(entry, model, device, resolved, channels_last, time.perf_counter() - start)
+
+
+def _frozen_cache_name(model: nn.Module, entry: ModelEntry, resolved: Optional[checkpoints.ResolvedCheckpoint],
+                       device: torch.device, channels_last: bool) -> Optional[str]:
+    """The frozen-kernel cache's name for this load, or None where the cache does not pay or cannot know the
+    weights: weights given as a state dict (no file hash), small kernels, or a GPU (it freezes in milliseconds)."""
+    if resolved is None or device.type != "cpu" or not frozen_cache.enabled():
+        return None
+    size = sum(torch.Size(shape).numel() * dtype.itemsize for shape, dtype in dcls.kernel_shapes(model).values())
+    return frozen_cache.key(entry, resolved.sha256, channels_last) if size >= frozen_cache.MIN_BYTES else None
 
 
 class PairCache:
