@@ -144,9 +144,9 @@ def test_explain_writes_each_method_and_its_faithfulness(tmp_path):
     assert not (out / "gradcam.npy").exists()
     r = run_cli("explain", "--input-tensor", x, "--arch", "demo", "--layer", "layer9", "--out", out, check=False)
     assert r.returncode == 2 and "no layer 'layer9'" in r.stderr and "layer4" in r.stderr
-    r = run_cli("explain", "--input-tensor", x, "--arch", "demo", "--methods", "gradcam,scorecam", "--out", out,
+    r = run_cli("explain", "--input-tensor", x, "--arch", "demo", "--methods", "gradcam,gradcam_plus", "--out", out,
                 check=False)
-    assert r.returncode == 2 and "unknown method(s) scorecam" in r.stderr
+    assert r.returncode == 2 and "unknown method(s) gradcam_plus" in r.stderr
 
 
 def _rows(folder):

@@ -137,7 +137,9 @@ out = {"device_text": service.device_text(cfg), "default_device": str(service.mo
 out["decorated"] = {name: fn.gpu_function in decorator.decorated_cache and hasattr(fn.gpu_function, "zerogpu")
                     for name, fn in [("compare", service._compare_on_gpu), ("review", review_tab.show_next),
                                      ("dataset", dataset_tab.run_evaluation)]}
-out["compare_duration"] = duration_of(service._compare_on_gpu)
+compare_args = ("demo", None, "label", 0.3, "paper", cfg, None)
+out["compare_duration"] = duration_of(service._compare_on_gpu)(*compare_args)
+out["faithful_duration"] = duration_of(service._compare_on_gpu)(*compare_args, service.CamOptions(faithfulness=True))
 out["dataset_duration"] = duration_of(dataset_tab.run_evaluation)("demo,demo", "", 100, "paper", 0.3, cfg)
 pair = service.load_pair("demo", cfg)
 out["pair_devices"] = sorted({str(p.device) for m in pair.values() for p in m.model.parameters()})
@@ -162,6 +164,7 @@ def test_zero_gpu_main_process_with_the_real_package(tmp_path):
     assert out["device_text"].startswith("ZeroGPU") and out["default_device"] == "cuda"
     assert out["decorated"] == {"compare": True, "review": True, "dataset": True}
     assert out["compare_duration"] == service.COMPARE_GPU_SECONDS
+    assert out["faithful_duration"] == service.COMPARE_GPU_SECONDS * service.FAITHFULNESS_GPU_FACTOR
     assert out["dataset_duration"] == service.dataset_gpu_seconds("demo,demo", 100)
     # placed on cuda at load time: ZeroGPU keeps the weights on the CPU here and copies them into each worker
     assert out["pair_devices"] == ["cuda:0"] and out["aliased"] > 0 and not out["cuda_initialised"]
