@@ -23,8 +23,8 @@ from . import present
 from .events import bind, gradio_error, is_checkpoint_problem, request, titled_image
 from .present import Exports
 from .service import (DEMO_ARCH, TARGET_LABEL, TARGET_PRED, VARIANT_TITLES, AppConfig, CamOptions, UserError,
-                      arch_choices, build_sample, checkpoint_sources, class_names, clickme_sample, default_arch, open_shard,
-                      resolve_shard, run_comparison, shard_choices, shard_label_space_matches)
+                      arch_choices, build_sample, checkpoint_sources, class_names, clickme_sample, default_arch,
+                      open_shard, resolve_shard, run_comparison, shard_choices, shard_label_space_matches)
 
 IMAGE_TYPES = [".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"]
 MAP_TYPES = IMAGE_TYPES + [".npy"]

@@ -20,8 +20,8 @@ from . import compare_tab, dataset_tab, present, review_api, review_tab, storage
 from .events import bind, gradio_error  # noqa: E402
 from .present import Exports  # noqa: E402
 from .service import (DEMO_ARCH, SOURCES, TARGET_LABEL, AppConfig, CamOptions, UserError,  # noqa: E402
-                      arch_choices, build_sample, checkpoint_sources, class_names, default_arch, device_text, open_shard,
-                      pair_available, run_comparison, shard_choices)
+                      arch_choices, build_sample, checkpoint_sources, class_names, default_arch, device_text,
+                      open_shard, pair_available, run_comparison, shard_choices)
 
 CSS = """
 .rho {text-align: center; font-size: 1.05em; margin-top: -6px}

@@ -267,9 +267,9 @@ def _new_session_widgets(tab: ReviewTab) -> None:
                          label=f"Photos (with optional <photo>.human.png maps; at most "
                                f"{limits.MAX_SESSION_PHOTOS} files)", elem_id="rv-files")
     w["arch"] = gr.Dropdown(arch_choices(), value=default_arch(tab.cfg), label="Model pair")
-    w["methods"] = gr.Dropdown([(methods.choice_label(m), m) for m in methods.NAMES], value=list(MAPS), multiselect=True,
-                               max_choices=review.MAX_METHODS, label="Maps each model shows (one or two methods)",
-                               elem_id="rv-methods")
+    w["methods"] = gr.Dropdown([(methods.choice_label(m), m) for m in methods.NAMES], value=list(MAPS),
+                               multiselect=True, max_choices=review.MAX_METHODS,
+                               label="Maps each model shows (one or two methods)", elem_id="rv-methods")
     w["seed"] = gr.Textbox("", label="Seed for the sides (empty: a secret random one)")
     w["hf"] = gr.Textbox("", label="Hugging Face users who may join without the code (optional)")
     w["me_too"] = gr.Checkbox(True, label="I review it too", elem_id="rv-me-too")
