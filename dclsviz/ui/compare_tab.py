@@ -322,7 +322,7 @@ def _method_controls(tab: CompareTab) -> None:
                                                        "come from the same forward and backward pass")
     with gr.Accordion("Faithfulness and CAM layer", open=False, elem_id="advanced"):
         w["faithfulness"] = gr.Checkbox(False, label="Faithfulness: deletion, insertion and ROAD of every map",
-                                        info="costly: about 2 × 16 + 4 perturbed forwards per map",
+                                        info="costly: 2 × 16 + 18 perturbed forwards per map",
                                         elem_id="faithfulness")
         w["layer"] = gr.Textbox("", label="CAM layer", placeholder="the study's layer of each model",
                                 info="any module whose output is (B, C, h, w), e.g. stages.2; a wrong name lists "

@@ -121,7 +121,8 @@ def api_compare(ctx: ApiContext, req: ApiCompareRequest, progress=None) -> tuple
     overlays = present.overlays(c, 0.5, "jet")
     manifest = {**present.public_view(c).manifest(names), "arch": req.arch, "notes": list(prepared.notes)}
     folder = ctx.exports.new_folder()
-    pngs = {k: render.write_png(pic, folder / f"{k}.png") for k, pic in overlays.items() if pic is not None}
+    # only the endpoint's own pictures: the other methods' maps travel in the bundle
+    pngs = {k: render.write_png(overlays[k], folder / f"{k}.png") for k in API_PICTURES if k in overlays}
     return (manifest, pngs["human"] if c.human is not None else None, *[pngs.get(k) for k in API_PICTURES[1:]],
             ctx.exports.write(c, names, 0.5, "jet", req.arch, folder))
 

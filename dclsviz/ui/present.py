@@ -88,7 +88,7 @@ def same_target(comparison: Comparison) -> bool:
     return len({o.target for o in comparison.outputs.values()}) == 1
 
 
-def score_rows(comparison: Comparison) -> list[list[str]]:
+def _score_rows(comparison: Comparison) -> list[list[str]]:
     """The score table: per model and map, ρ, Δρ (DCLS rows, same target only), ρ / ceiling, Dice, IoU, and
     deletion, insertion and ROAD when the comparison measured them."""
     rows = []
@@ -110,7 +110,7 @@ def score_rows(comparison: Comparison) -> list[list[str]]:
 def score_table(comparison: Comparison) -> dict:
     """The score table as a Dataframe value: its headers (the faithfulness columns when measured) and rows."""
     measured = any(o.faithfulness for o in comparison.outputs.values())
-    return {"headers": SCORE_HEADERS + (FAITHFULNESS_HEADERS if measured else []), "data": score_rows(comparison)}
+    return {"headers": SCORE_HEADERS + (FAITHFULNESS_HEADERS if measured else []), "data": _score_rows(comparison)}
 
 
 TOP5_HEADERS = ["#", "Baseline", "p", "DCLS", "p "]
